@@ -1,0 +1,17 @@
+"""tinyvit: a Vision Transformer from scratch, down to the last gradient.
+
+    from tinyvit import ViTConfig, ViT
+    model = ViT(ViTConfig(), seed=0, dtype=np.float32, backend="numpy")
+"""
+
+from .backend import Backend, default_backend, get_backend, register_backend
+from .config import PRESETS, ViTConfig, get_preset
+from .model import ViT, count_params, init_params, param_shapes
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend", "default_backend", "get_backend", "register_backend",
+    "PRESETS", "ViTConfig", "get_preset",
+    "ViT", "count_params", "init_params", "param_shapes",
+]

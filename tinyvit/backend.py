@@ -1,0 +1,135 @@
+"""The backend registry: one name -> the functions a model runs on.
+
+`numpy` is the first backend and the specification (tinyvit.layers and the
+update rules in tinyvit.optim). `numba` (compiled CPU kernels) and `cuda`
+(numba.cuda GPU kernels) live in the top-level `kernels` package and are
+loaded only when asked for. The model, the trainer, the tests and the lessons
+all ask `get_backend(name)`; nothing picks a kernel any other way.
+
+Every layer op follows the forward/backward convention of tinyvit.layers:
+`x_forward(...) -> (out, cache)` and `x_backward(dout, cache) -> grads`.
+Arrays are whatever the backend keeps them in (NumPy arrays on the CPU,
+device arrays for `cuda`); `asarray` and `to_numpy` cross that boundary.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, fields
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The operations a ViT needs, as one backend implements them."""
+
+    name: str
+    # -- arrays: host <-> backend, and the residual add
+    asarray: Callable  # (np.ndarray, dtype) -> backend array
+    to_numpy: Callable  # backend array -> np.ndarray
+    zeros_like: Callable  # backend array -> zeros of the same shape and dtype
+    add: Callable  # (a, b) -> a + b, a fresh array
+    # -- layers, forward -> (out, cache), backward(dout, cache) -> gradients
+    patchify: Callable  # (images (B, H, W, C), P) -> (B, N-1, P*P*C); images carry no gradient
+    linear_forward: Callable
+    linear_backward: Callable
+    linear_gelu_forward: Callable
+    linear_gelu_backward: Callable
+    embed_forward: Callable
+    embed_backward: Callable
+    layernorm_forward: Callable
+    layernorm_backward: Callable
+    attention_forward: Callable
+    attention_backward: Callable
+    attention_probs: Callable  # attention cache -> probs (B, H, N, N)
+    class_token_forward: Callable
+    class_token_backward: Callable
+    cross_entropy_forward: Callable  # (logits, labels, smoothing) -> (loss float, cache)
+    cross_entropy_backward: Callable  # (dloss, cache) -> dlogits
+    # -- the optimiser
+    adamw_update: Callable  # (param, grad, m, v, AdamWStep) -> None, in place
+    sum_of_squares: Callable  # list of arrays -> float, for the global gradient norm
+    scale_: Callable  # (list of arrays, factor) -> None, in place (gradient clipping)
+    # -- optional: set the thread count of this backend's pools
+    set_threads: Callable = lambda n: None
+    # -- optional: prepare device state; `cuda` uses it to keep everything resident
+    synchronize: Callable = lambda: None
+
+    def __post_init__(self):
+        missing = [f.name for f in fields(self) if getattr(self, f.name) is None]
+        if missing:
+            raise ValueError(f"backend {self.name!r} lacks the operations {missing}")
+
+
+# name -> "module:attribute" that holds a Backend, or a callable returning one
+_LOADERS: dict[str, str | Callable[[], Backend]] = {
+    "numpy": "tinyvit.numpy_backend:BACKEND",
+    "numba": "kernels.numba_backend:BACKEND",
+    "cuda": "kernels.cuda_backend:BACKEND",
+}
+_LOADED: dict[str, Backend] = {}
+# Fastest first: the default backend is the first of these that loads and runs here.
+PREFERENCE = ("cuda", "numba", "numpy")
+
+
+def register_backend(name: str, loader: str | Callable[[], Backend]) -> None:
+    """Add (or replace) a backend: `loader` is "module:attribute" or a function returning a Backend."""
+    _LOADERS[name] = loader
+    _LOADED.pop(name, None)
+
+
+def backend_names() -> list[str]:
+    return list(_LOADERS)
+
+
+def get_backend(name: str | Backend) -> Backend:
+    """The Backend called `name` (loaded on first use)."""
+    if isinstance(name, Backend):
+        return name
+    if name not in _LOADERS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {backend_names()}")
+    if name not in _LOADED:
+        loader = _LOADERS[name]
+        try:
+            if callable(loader):
+                backend = loader()
+            else:
+                module, attr = loader.split(":")
+                backend = getattr(importlib.import_module(module), attr)
+        except ImportError as e:
+            raise RuntimeError(f"backend {name!r} could not be loaded: {e}") from e
+        if not isinstance(backend, Backend):
+            raise TypeError(f"loader for backend {name!r} gave {type(backend).__name__}, expected Backend")
+        _LOADED[name] = backend
+    return _LOADED[name]
+
+
+def is_available(name: str) -> bool:
+    """Whether backend `name` loads and can run on this machine (for `cuda`: a real GPU)."""
+    if name == "cuda":
+        try:
+            from numba import cuda
+
+            if _simulating() or not cuda.is_available():
+                return False
+        except Exception:
+            return False
+    try:
+        get_backend(name)
+    except Exception:
+        return False
+    return True
+
+
+def _simulating() -> bool:
+    import os
+
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+
+
+def default_backend() -> str:
+    """The fastest backend that runs here: cuda with a GPU, else numba, else numpy."""
+    for name in PREFERENCE:
+        if is_available(name):
+            return name
+    return "numpy"

@@ -1,0 +1,110 @@
+"""ViTConfig: the one description of a model's shape, and the named presets.
+
+Every other piece (the model, the trainer's flags, checkpoints, the lessons)
+reads a model's shape from here. The paper's presets are Table 1 of
+Dosovitskiy et al., "An Image is Worth 16x16 Words" (ICLR 2021).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """The shape of a Vision Transformer.
+
+    image_size  square input side in pixels (H = W)
+    patch_size  P, side of a square patch; must divide image_size
+    channels    C, colour channels of the input
+    dim         D, the token width
+    depth       number of transformer blocks
+    heads       H, attention heads; must divide dim (Dh = D // H)
+    mlp_dim     M, hidden width of each block's MLP
+    num_classes K, outputs of the classifier head
+    """
+
+    image_size: int = 32
+    patch_size: int = 4
+    channels: int = 3
+    dim: int = 192
+    depth: int = 6
+    heads: int = 3
+    mlp_dim: int = 768
+    num_classes: int = 10
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ViTConfig.{field.name} must be a positive integer, got {value!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"patch_size {self.patch_size} must divide image_size {self.image_size} "
+                f"(remainder {self.image_size % self.patch_size})"
+            )
+        if self.dim % self.heads:
+            raise ValueError(f"heads {self.heads} must divide dim {self.dim} (remainder {self.dim % self.heads})")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches along one side of the image."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """N - 1: patch tokens, without the class token."""
+        return self.grid_size**2
+
+    @property
+    def num_tokens(self) -> int:
+        """N: patch tokens plus the class token."""
+        return self.num_patches + 1
+
+    @property
+    def head_dim(self) -> int:
+        """Dh = D / H."""
+        return self.dim // self.heads
+
+    @property
+    def patch_dim(self) -> int:
+        """P*P*C, the length of one flattened patch."""
+        return self.patch_size**2 * self.channels
+
+    def replace(self, **changes) -> "ViTConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViTConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown ViTConfig fields {sorted(unknown)}; expected some of {sorted(names)}")
+        return cls(**{k: int(v) for k, v in d.items()})
+
+
+PRESETS: dict[str, ViTConfig] = {
+    # Tiny enough for float64 finite differences over every parameter; tests and lessons share it.
+    "testing": ViTConfig(image_size=8, patch_size=4, channels=3, dim=8, depth=2, heads=2, mlp_dim=16, num_classes=3),
+    # CIFAR-sized (32 px): the benchmark model and smaller ones for a CPU budget.
+    "cifar-small": ViTConfig(image_size=32, patch_size=4, dim=192, depth=6, heads=3, mlp_dim=768, num_classes=10),
+    "cifar-narrow": ViTConfig(image_size=32, patch_size=4, dim=128, depth=6, heads=4, mlp_dim=256, num_classes=10),
+    "cifar-fast": ViTConfig(image_size=32, patch_size=4, dim=128, depth=4, heads=4, mlp_dim=384, num_classes=10),
+    # The paper's Table 1, at 224 px with 1000 classes.
+    "vit-b16": ViTConfig(image_size=224, patch_size=16, dim=768, depth=12, heads=12, mlp_dim=3072, num_classes=1000),
+    "vit-l16": ViTConfig(image_size=224, patch_size=16, dim=1024, depth=24, heads=16, mlp_dim=4096, num_classes=1000),
+    "vit-h14": ViTConfig(image_size=224, patch_size=14, dim=1280, depth=32, heads=16, mlp_dim=5120, num_classes=1000),
+}
+
+
+def get_preset(name: str, **overrides) -> ViTConfig:
+    """The preset called `name`, with any fields overridden."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    cfg = PRESETS[name]
+    return cfg.replace(**overrides) if overrides else cfg

@@ -1,0 +1,24 @@
+"""The NumPy specification of every layer of a ViT: forward/backward pairs.
+
+Each `x_forward(...)` returns (out, cache); each `x_backward(dout, cache)`
+returns the gradients of forward's array arguments, in order. Nothing here
+writes into its inputs. Faster backends are checked against these.
+"""
+
+from .attention import attention_backward, attention_forward, softmax
+from .embed import class_token_backward, class_token_forward, embed_backward, embed_forward
+from .gelu import gelu_backward, gelu_forward, linear_gelu_backward, linear_gelu_forward
+from .layernorm import layernorm_backward, layernorm_forward
+from .linear import linear_backward, linear_forward
+from .loss import cross_entropy_backward, cross_entropy_forward
+from .patchify import patchify, patchify_backward, unpatchify
+
+__all__ = [
+    "attention_backward", "attention_forward", "softmax",
+    "class_token_backward", "class_token_forward", "embed_backward", "embed_forward",
+    "gelu_backward", "gelu_forward", "linear_gelu_backward", "linear_gelu_forward",
+    "layernorm_backward", "layernorm_forward",
+    "linear_backward", "linear_forward",
+    "cross_entropy_backward", "cross_entropy_forward",
+    "patchify", "patchify_backward", "unpatchify",
+]

@@ -1,0 +1,261 @@
+"""The Vision Transformer: parameters, the forward pass and its hand-written backward.
+
+    images (B, H, W, C)
+      -> patchify -> patch_embed           (B, N-1, D)
+      -> prepend cls_token, add pos_embed  (B, N, D)
+      -> depth x pre-LN block:
+             x = x + proj(attention(qkv(norm1(x))))
+             x = x + fc2(gelu(fc1(norm2(x))))
+      -> class token row -> norm -> head   (B, K)
+
+The final LayerNorm is applied to the class token only: LayerNorm works row by
+row, so this gives the same logits and gradients as normalising every token and
+then reading row 0, without the wasted work.
+
+The model runs on one backend from tinyvit.backend; it never calls a kernel
+itself, so the same code drives the NumPy specification, the Numba CPU kernels
+and the CUDA kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import get_backend
+from .config import ViTConfig
+
+
+def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in forward order."""
+    D, M, K = cfg.dim, cfg.mlp_dim, cfg.num_classes
+    shapes = {
+        "patch_embed.weight": (cfg.patch_dim, D),
+        "patch_embed.bias": (D,),
+        "cls_token": (D,),
+        "pos_embed": (cfg.num_tokens, D),
+    }
+    for i in range(cfg.depth):
+        b = f"blocks.{i}."
+        shapes.update({
+            b + "norm1.weight": (D,), b + "norm1.bias": (D,),
+            b + "attn.qkv.weight": (D, 3 * D), b + "attn.qkv.bias": (3 * D,),
+            b + "attn.proj.weight": (D, D), b + "attn.proj.bias": (D,),
+            b + "norm2.weight": (D,), b + "norm2.bias": (D,),
+            b + "mlp.fc1.weight": (D, M), b + "mlp.fc1.bias": (M,),
+            b + "mlp.fc2.weight": (M, D), b + "mlp.fc2.bias": (D,),
+        })  # fmt: skip
+    shapes.update({"norm.weight": (D,), "norm.bias": (D,), "head.weight": (D, K), "head.bias": (K,)})
+    return shapes
+
+
+def count_params(cfg: ViTConfig) -> int:
+    return sum(math.prod(s) for s in param_shapes(cfg).values())
+
+
+def init_params(cfg: ViTConfig, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Initialise as google-research/vision_transformer (the paper's code) does.
+
+    - patch_embed: LeCun normal (std 1/sqrt(fan_in)), Flax's default for the patch convolution;
+    - cls_token zeros; pos_embed normal with std 0.02;
+    - qkv and proj: Xavier uniform; q, k and v are separate (D, D) maps in the reference,
+      so each third of qkv gets the Xavier bound of a (D, D) matrix; biases zero;
+    - MLP: Xavier uniform, biases normal with std 1e-6;
+    - LayerNorms: weight 1, bias 0;
+    - head: zeros, so every class starts equally likely and the first loss is log K.
+    Xavier keeps activations and gradients near unit scale through each block, which
+    with pre-LN residuals lets a deep stack train from the start without a warm-up trick.
+    """
+    rng = np.random.default_rng(seed)
+
+    def xavier(fan_in, fan_out, shape):
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-bound, bound, size=shape)
+
+    D, M = cfg.dim, cfg.mlp_dim
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        if name == "patch_embed.weight":
+            value = rng.normal(0.0, 1.0 / math.sqrt(cfg.patch_dim), size=shape)
+        elif name == "pos_embed":
+            value = rng.normal(0.0, 0.02, size=shape)
+        elif name.endswith("attn.qkv.weight"):
+            value = xavier(D, D, shape)
+        elif name.endswith("attn.proj.weight"):
+            value = xavier(D, D, shape)
+        elif name.endswith("mlp.fc1.weight"):
+            value = xavier(D, M, shape)
+        elif name.endswith("mlp.fc2.weight"):
+            value = xavier(M, D, shape)
+        elif name.endswith(("mlp.fc1.bias", "mlp.fc2.bias")):
+            value = rng.normal(0.0, 1e-6, size=shape)
+        elif name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight":
+            value = np.ones(shape)
+        else:  # the other biases, cls_token, head
+            value = np.zeros(shape)
+        params[name] = value.astype(dtype)
+    return params
+
+
+class ViT:
+    """A Vision Transformer with a hand-written backward pass.
+
+    model = ViT(cfg, seed=0, dtype=np.float32, backend="numpy")
+    model.params                                  # name -> array, live: writing into them changes the model
+    logits = model.forward(images)                # (B, H, W, C) -> (B, K)
+    logits, probs = model.forward(images, return_attention=True)   # probs: per block (B, H, N, N)
+    loss, grads = model.loss_and_grads(images, labels)             # grads: same keys and shapes as params
+    """
+
+    def __init__(self, cfg: ViTConfig, seed: int = 0, dtype=np.float32, backend: str = "numpy", params=None):
+        if not isinstance(cfg, ViTConfig):
+            raise TypeError(f"cfg must be a ViTConfig, got {type(cfg).__name__}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        self.cfg, self.dtype = cfg, dtype
+        self.backend = get_backend(backend)
+        host = init_params(cfg, seed, dtype) if params is None else self._checked_params(params)
+        self.params = {k: self.backend.asarray(v, dtype) for k, v in host.items()}
+
+    # -- parameters -------------------------------------------------------------------------
+
+    def _checked_params(self, params) -> dict[str, np.ndarray]:
+        shapes = param_shapes(self.cfg)
+        missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
+        if missing or extra:
+            raise ValueError(f"parameters do not match the config: missing {missing}, unexpected {extra}")
+        out = {}
+        for k, shape in shapes.items():
+            v = np.asarray(params[k])
+            if v.shape != shape:
+                raise ValueError(f"parameter {k} has shape {v.shape}, expected {shape}")
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"parameter {k} has non-finite values")
+            out[k] = v.astype(self.dtype)
+        return out
+
+    def numpy_params(self) -> dict[str, np.ndarray]:
+        """Host copies of the parameters (for checkpoints and comparisons)."""
+        return {k: self.backend.to_numpy(v) for k, v in self.params.items()}
+
+    def load_params(self, params) -> None:
+        """Replace every parameter with a checked copy of `params` (name -> array)."""
+        checked = self._checked_params(params)
+        self.params = {k: self.backend.asarray(v, self.dtype) for k, v in checked.items()}
+
+    @property
+    def num_params(self) -> int:
+        return count_params(self.cfg)
+
+    # -- input checks -----------------------------------------------------------------------
+
+    def check_images(self, images) -> np.ndarray:
+        """Raise ValueError unless images is a finite (B, H, W, C) array of this model's size."""
+        cfg = self.cfg
+        expected = f"(B, {cfg.image_size}, {cfg.image_size}, {cfg.channels})"
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise ValueError(f"images must have rank 4 {expected}, got shape {images.shape}")
+        if images.shape[1:] != (cfg.image_size, cfg.image_size, cfg.channels) or images.shape[0] < 1:
+            raise ValueError(f"images must have shape {expected}, got {images.shape}")
+        if not np.issubdtype(images.dtype, np.number) or np.iscomplexobj(images):
+            raise ValueError(f"images must be real numbers, got dtype {images.dtype}")
+        if not np.all(np.isfinite(images)):
+            raise ValueError(f"images contain {np.size(images) - np.isfinite(images).sum()} non-finite values")
+        return images
+
+    def check_labels(self, labels, batch: int) -> np.ndarray:
+        """Raise ValueError unless labels is (B,) integers in [0, K)."""
+        labels = np.asarray(labels)
+        if labels.shape != (batch,):
+            raise ValueError(f"labels must have shape ({batch},) to match the images, got {labels.shape}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+        K = self.cfg.num_classes
+        bad = (labels < 0) | (labels >= K)
+        if bad.any():
+            raise ValueError(f"labels must be in [0, {K}), got {labels[bad][:5].tolist()} (first out of range)")
+        return labels.astype(np.int64)
+
+    # -- forward and backward ---------------------------------------------------------------
+
+    def _forward(self, images):
+        """Logits (B, K) and the caches backward needs, in order."""
+        cfg, p, ops = self.cfg, self.params, self.backend
+        x = ops.patchify(ops.asarray(images, self.dtype), cfg.patch_size)  # (B, N-1, P*P*C)
+        x, c_patch = ops.linear_forward(x, p["patch_embed.weight"], p["patch_embed.bias"])  # (B, N-1, D)
+        x, c_embed = ops.embed_forward(x, p["cls_token"], p["pos_embed"])  # (B, N, D)
+        blocks = []
+        for i in range(cfg.depth):
+            b = f"blocks.{i}."
+            h, c_n1 = ops.layernorm_forward(x, p[b + "norm1.weight"], p[b + "norm1.bias"])
+            h, c_qkv = ops.linear_forward(h, p[b + "attn.qkv.weight"], p[b + "attn.qkv.bias"])  # (B, N, 3D)
+            h, c_attn = ops.attention_forward(h, cfg.heads)  # (B, N, D)
+            h, c_proj = ops.linear_forward(h, p[b + "attn.proj.weight"], p[b + "attn.proj.bias"])
+            x = ops.add(x, h)
+            h, c_n2 = ops.layernorm_forward(x, p[b + "norm2.weight"], p[b + "norm2.bias"])
+            h, c_fc1 = ops.linear_gelu_forward(h, p[b + "mlp.fc1.weight"], p[b + "mlp.fc1.bias"])  # (B, N, M)
+            h, c_fc2 = ops.linear_forward(h, p[b + "mlp.fc2.weight"], p[b + "mlp.fc2.bias"])
+            x = ops.add(x, h)
+            blocks.append((c_n1, c_qkv, c_attn, c_proj, c_n2, c_fc1, c_fc2))
+        x, c_cls = ops.class_token_forward(x)  # (B, D)
+        x, c_norm = ops.layernorm_forward(x, p["norm.weight"], p["norm.bias"])
+        logits, c_head = ops.linear_forward(x, p["head.weight"], p["head.bias"])  # (B, K)
+        return logits, (c_patch, c_embed, blocks, c_cls, c_norm, c_head)
+
+    def forward(self, images, return_attention: bool = False):
+        """(B, H, W, C) images -> (B, K) logits as a NumPy array.
+
+        With return_attention=True, also the list of every block's attention
+        probabilities, each (B, H, N, N)."""
+        logits, caches = self._forward(self.check_images(images))
+        if not return_attention:
+            return self.backend.to_numpy(logits)
+        probs = [self.backend.to_numpy(self.backend.attention_probs(blk[2])) for blk in caches[2]]
+        return self.backend.to_numpy(logits), probs
+
+    __call__ = forward
+
+    def _backward(self, dlogits, caches):
+        """The chain rule, layer by layer in reverse; gradients of shared x are summed here."""
+        cfg, ops = self.cfg, self.backend
+        c_patch, c_embed, blocks, c_cls, c_norm, c_head = caches
+        grads = {}
+        dx, grads["head.weight"], grads["head.bias"] = ops.linear_backward(dlogits, c_head)
+        dx, grads["norm.weight"], grads["norm.bias"] = ops.layernorm_backward(dx, c_norm)
+        dx = ops.class_token_backward(dx, c_cls)  # (B, N, D)
+        for i in reversed(range(cfg.depth)):
+            b = f"blocks.{i}."
+            c_n1, c_qkv, c_attn, c_proj, c_n2, c_fc1, c_fc2 = blocks[i]
+            # x = x + fc2(gelu(fc1(norm2(x)))): the residual passes dx through unchanged
+            dh, grads[b + "mlp.fc2.weight"], grads[b + "mlp.fc2.bias"] = ops.linear_backward(dx, c_fc2)
+            dh, grads[b + "mlp.fc1.weight"], grads[b + "mlp.fc1.bias"] = ops.linear_gelu_backward(dh, c_fc1)
+            dh, grads[b + "norm2.weight"], grads[b + "norm2.bias"] = ops.layernorm_backward(dh, c_n2)
+            dx = ops.add(dx, dh)
+            # x = x + proj(attention(qkv(norm1(x))))
+            dh, grads[b + "attn.proj.weight"], grads[b + "attn.proj.bias"] = ops.linear_backward(dx, c_proj)
+            dh = ops.attention_backward(dh, c_attn)  # (B, N, 3D)
+            dh, grads[b + "attn.qkv.weight"], grads[b + "attn.qkv.bias"] = ops.linear_backward(dh, c_qkv)
+            dh, grads[b + "norm1.weight"], grads[b + "norm1.bias"] = ops.layernorm_backward(dh, c_n1)
+            dx = ops.add(dx, dh)
+        dx, grads["cls_token"], grads["pos_embed"] = ops.embed_backward(dx, c_embed)
+        _, grads["patch_embed.weight"], grads["patch_embed.bias"] = ops.linear_backward(dx, c_patch)
+        return {k: grads[k] for k in self.params}  # forward order
+
+    def loss_and_grads(self, images, labels, label_smoothing: float = 0.0, return_logits: bool = False):
+        """Mean cross-entropy over the batch and the gradient of every parameter.
+
+        Returns (loss, grads), or (loss, grads, logits) with return_logits=True.
+        grads has the same keys and shapes as params (backend arrays)."""
+        images = self.check_images(images)
+        labels = self.check_labels(labels, images.shape[0])
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        logits, caches = self._forward(images)
+        loss, c_loss = self.backend.cross_entropy_forward(logits, labels, label_smoothing)
+        grads = self._backward(self.backend.cross_entropy_backward(1.0, c_loss), caches)
+        if return_logits:
+            return loss, grads, self.backend.to_numpy(logits)
+        return loss, grads

@@ -1,0 +1,39 @@
+"""The `numpy` backend: the specification itself, gathered into a Backend."""
+
+import numpy as np
+
+from . import layers
+from .backend import Backend
+from .optim import adamw_update, scale_, sum_of_squares
+
+
+def _asarray(x, dtype=None):
+    return np.array(x, dtype=dtype, copy=True)
+
+
+BACKEND = Backend(
+    name="numpy",
+    asarray=_asarray,
+    to_numpy=lambda a: np.array(a, copy=True),
+    zeros_like=np.zeros_like,
+    add=np.add,
+    patchify=layers.patchify,
+    linear_forward=layers.linear_forward,
+    linear_backward=layers.linear_backward,
+    linear_gelu_forward=layers.linear_gelu_forward,
+    linear_gelu_backward=layers.linear_gelu_backward,
+    embed_forward=layers.embed_forward,
+    embed_backward=layers.embed_backward,
+    layernorm_forward=layers.layernorm_forward,
+    layernorm_backward=layers.layernorm_backward,
+    attention_forward=layers.attention_forward,
+    attention_backward=layers.attention_backward,
+    attention_probs=lambda cache: cache.probs,
+    class_token_forward=layers.class_token_forward,
+    class_token_backward=layers.class_token_backward,
+    cross_entropy_forward=layers.cross_entropy_forward,
+    cross_entropy_backward=layers.cross_entropy_backward,
+    adamw_update=adamw_update,
+    sum_of_squares=sum_of_squares,
+    scale_=scale_,
+)
