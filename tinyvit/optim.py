@@ -92,8 +92,12 @@ class AdamW:
         return norm
 
     def step(self, grads, lr=None) -> float:
-        """Clip, then update every parameter in place. Returns the gradient norm before clipping."""
+        """Clip, then update every parameter in place. Returns the gradient norm before clipping.
+
+        A non-finite gradient norm raises FloatingPointError before anything is changed."""
         norm = self.clip(grads)
+        if not math.isfinite(norm):
+            raise FloatingPointError(f"gradient norm is {norm}; no parameter was updated")
         self.step_count += 1
         lr = self.lr if lr is None else lr
         b1, b2 = self.betas

@@ -1,0 +1,75 @@
+"""Checkpoints: one `.npz` that NumPy reads with allow_pickle=False.
+
+Keys:
+    param/<name>        every parameter
+    opt/m/<name>, opt/v/<name>, opt/step   AdamW's moments and step count
+    config              the ViTConfig, as JSON text
+    state               JSON text: epoch, batch in epoch, step, seed, the training
+                        options, the data's class names and normalisation
+Nothing in it is a pickle, so loading one cannot run code. Writes go to a
+temporary file in the same directory, flushed to disk, then renamed over the
+old checkpoint: a crash mid-write leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .config import ViTConfig
+
+
+def save_checkpoint(path, params: dict, cfg: ViTConfig, state: dict, opt_state: dict | None = None) -> Path:
+    """Write params (name -> ndarray), config, JSON-able state and optimizer state atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"param/{k}": np.asarray(v) for k, v in params.items()}
+    for k, v in (opt_state or {}).items():
+        arrays[f"opt/{k}"] = np.asarray(v)
+    arrays["config"] = np.array(json.dumps(cfg.to_dict()))
+    arrays["state"] = np.array(json.dumps(state))
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class Checkpoint:
+    """A loaded checkpoint: .cfg, .params, .opt_state, .state."""
+
+    def __init__(self, cfg: ViTConfig, params: dict, opt_state: dict, state: dict):
+        self.cfg, self.params, self.opt_state, self.state = cfg, params, opt_state, state
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint written by save_checkpoint; a clear ValueError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is not a readable .npz file: {e}") from e
+    for key in ("config", "state"):
+        if key not in data:
+            raise ValueError(f"checkpoint {path} has no {key!r} entry: not a tinyvit checkpoint")
+    try:
+        cfg = ViTConfig.from_dict(json.loads(str(data["config"])))
+        state = json.loads(str(data["state"]))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"checkpoint {path} has a malformed config or state: {e}") from e
+    params = {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")}
+    opt_state = {k[len("opt/"):]: v for k, v in data.items() if k.startswith("opt/")}
+    return Checkpoint(cfg, params, opt_state, state)

@@ -1,0 +1,104 @@
+"""python -m tinyvit.evaluate: accuracy, per-class accuracy and the confusion matrix of a checkpoint.
+
+    python -m tinyvit.evaluate --checkpoint runs/cifar10/checkpoint.npz --data cifar10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from .backend import backend_names, default_backend
+from .checkpoint import load_checkpoint
+from .model import ViT
+
+
+def evaluate_arrays(model, images, labels, mean, std, batch_size=256, progress=None):
+    """Mean loss, accuracy and predictions of `model` on uint8 images (B, H, W, C)."""
+    from .data import normalize
+
+    total_loss, preds = 0.0, np.empty(len(labels), dtype=np.int64)
+    for start in range(0, len(labels), batch_size):
+        x = normalize(images[start : start + batch_size], mean, std, dtype=model.dtype)
+        y = labels[start : start + batch_size]
+        logits = model.forward(x).astype(np.float64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        total_loss += -log_probs[np.arange(len(y)), y].sum()
+        preds[start : start + len(y)] = logits.argmax(axis=1)
+        if progress is not None:
+            progress.update(len(y))
+    return total_loss / len(labels), float((preds == labels).mean()), preds
+
+
+def confusion_matrix(labels, preds, num_classes):
+    """(K, K): row = true class, column = predicted class."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (labels, preds), 1)
+    return cm
+
+
+def model_from_checkpoint(path, backend=None):
+    """(model, checkpoint) with the checkpoint's parameters loaded."""
+    ck = load_checkpoint(path)
+    dtype = np.dtype(ck.state.get("dtype", "float32"))
+    model = ViT(ck.cfg, dtype=dtype, backend=backend or default_backend(), params=ck.params)
+    return model, ck
+
+
+def format_report(class_names, labels, preds) -> str:
+    K = len(class_names)
+    cm = confusion_matrix(labels, preds, K)
+    width = max(6, max(len(n) for n in class_names))
+    lines = [f"accuracy: {(preds == labels).mean():.4f} ({(preds == labels).sum()}/{len(labels)})", "", "per class:"]
+    for k, name in enumerate(class_names):
+        n = cm[k].sum()
+        lines.append(f"  {name:<{width}} {cm[k, k] / max(n, 1):.4f}  ({cm[k, k]}/{n})")
+    lines += ["", "confusion matrix (rows: true class, columns: predicted):"]
+    lines.append(" " * (width + 2) + " ".join(f"{n[:5]:>5}" for n in class_names))
+    for k, name in enumerate(class_names):
+        lines.append(f"  {name:<{width}}" + " ".join(f"{c:>5}" for c in cm[k]))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m tinyvit.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="a .npz checkpoint written by tinyvit.train")
+    p.add_argument("--data", default="cifar10", help="cifar10, shapes or folder:PATH (default: cifar10)")
+    p.add_argument("--data-dir", default=None, help="where datasets live (default: $TINYVIT_DATA or ~/.cache/tinyvit)")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--backend", choices=backend_names(), default=None, help="default: the fastest available")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = p.parse_args(argv)
+    from tqdm import tqdm
+
+    from .data import load_dataset
+
+    try:
+        model, ck = model_from_checkpoint(args.checkpoint, args.backend)
+        ds = load_dataset(args.data, data_dir=args.data_dir, image_size=ck.cfg.image_size, seed=ck.state.get("seed", 0))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    images, labels = (ds.test_images, ds.test_labels) if args.split == "test" else (ds.train_images, ds.train_labels)
+    if len(ds.class_names) != ck.cfg.num_classes:
+        sys.exit(f"error: the data has {len(ds.class_names)} classes, the checkpoint's model {ck.cfg.num_classes}")
+    mean = np.asarray(ck.state.get("mean", ds.mean), np.float32)
+    std = np.asarray(ck.state.get("std", ds.std), np.float32)
+    with tqdm(total=len(labels), desc=f"evaluating {args.split}", unit="img", file=sys.stderr) as bar:
+        loss, acc, preds = evaluate_arrays(model, images, labels, mean, std, args.batch_size, bar)
+    if args.json:
+        cm = confusion_matrix(labels, preds, len(ds.class_names))
+        print(json.dumps({"accuracy": acc, "loss": loss, "class_names": ds.class_names,
+                          "per_class_accuracy": (np.diag(cm) / np.maximum(cm.sum(1), 1)).tolist(),
+                          "confusion_matrix": cm.tolist()}))  # fmt: skip
+    else:
+        print(f"loss: {loss:.4f}")
+        print(format_report(ds.class_names, labels, preds))
+
+
+if __name__ == "__main__":
+    main()
