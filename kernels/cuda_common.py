@@ -1,0 +1,74 @@
+"""What every CUDA kernel file shares: launch sizes, fresh device arrays, argument checks.
+
+Not a kernel file. The launch sizes are module constants read at call time, so
+the tests can shrink them (several small blocks instead of one big one, which
+keeps the CUDA simulator fast and makes block edges take part).
+"""
+
+import math
+
+import numpy as np
+from numba import config, cuda
+
+# Threads per block of the elementwise kernels: one thread per element.
+ELEMENT_THREADS = 256
+# Threads per block of the row kernels (one block per row: LayerNorm, softmax, cross-entropy).
+# A power of two, at most MAX_ROW_THREADS, the size of their shared scratch.
+ROW_THREADS = 128
+MAX_ROW_THREADS = 1024
+
+# Under NUMBA_ENABLE_CUDASIM=1 kernels run as Python threads, and the simulator
+# has no warp shuffles (cuda.shfl_*_sync); the reductions then use shared memory.
+SIMULATING = bool(config.ENABLE_CUDASIM)
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_device_array(a) -> bool:
+    return hasattr(a, "copy_to_host") and hasattr(a, "shape")
+
+
+def check_device(name: str, a, ndim=None, dtype=None):
+    """Raise ValueError unless `a` is a float device array (of rank `ndim`, of `dtype`)."""
+    if not is_device_array(a):
+        raise ValueError(f"{name} must be a device array (backend 'cuda'), got {type(a).__name__}")
+    if np.dtype(a.dtype) not in FLOATS:
+        raise ValueError(f"{name} must be float32 or float64, got {a.dtype}")
+    if ndim is not None and a.ndim not in np.atleast_1d(ndim):
+        raise ValueError(f"{name} must have rank {ndim}, got shape {tuple(a.shape)}")
+    if dtype is not None and np.dtype(a.dtype) != np.dtype(dtype):
+        raise ValueError(f"{name} must have dtype {np.dtype(dtype)} like the other operands, got {a.dtype}")
+
+
+def check_same_shape(name_a: str, a, name_b: str, b):
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"{name_b} must have the shape of {name_a} {tuple(a.shape)}, got {tuple(b.shape)}")
+
+
+def empty(shape, dtype):
+    """A fresh, uninitialised device array."""
+    return cuda.device_array(tuple(int(s) for s in shape), dtype=np.dtype(dtype))
+
+
+def flat(a):
+    """The 1-D view of a C-contiguous device array (no copy)."""
+    return a.reshape(a.size)
+
+
+def rows_view(a):
+    """(..., D) -> (rows, D), a view of a C-contiguous device array."""
+    return a.reshape(a.size // a.shape[-1], a.shape[-1])
+
+
+def element_grid(n: int):
+    """(blocks, threads) for one thread per element of n."""
+    threads = ELEMENT_THREADS
+    return max(1, math.ceil(n / threads)), threads
+
+
+def row_threads() -> int:
+    """Threads per block of the row kernels, checked to be a power of two that fits the scratch."""
+    t = ROW_THREADS
+    if t < 1 or t > MAX_ROW_THREADS or t & (t - 1):
+        raise ValueError(f"ROW_THREADS must be a power of two in [1, {MAX_ROW_THREADS}], got {t}")
+    return t

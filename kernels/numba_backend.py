@@ -1,0 +1,51 @@
+"""The `numba` backend: compiled CPU kernels (numba.njit, parallel prange, BLAS for the products).
+
+Arrays are plain NumPy arrays; every op has the signature of its NumPy
+specification in tinyvit.layers and tinyvit.optim, and is checked against it
+in tests/test_numba_kernels.py and tests/test_numba_model.py. float32 is for
+training, float64 for checks (it agrees with the reference to 1e-10).
+
+`set_threads(n)` is tinyvit.threads.set_threads: one count for numba's pool
+and the BLAS pool, so the two never oversubscribe the cores.
+"""
+
+import numpy as np
+
+from tinyvit.backend import Backend
+from tinyvit.threads import set_threads
+
+from . import numba_adamw, numba_attention, numba_embed, numba_gelu, numba_layernorm, numba_linear, numba_loss
+from .numba_patchify import patchify
+
+
+def _asarray(x, dtype=None):
+    return np.array(x, dtype=dtype, copy=True)
+
+
+BACKEND = Backend(
+    name="numba",
+    asarray=_asarray,
+    to_numpy=lambda a: np.array(a, copy=True),
+    zeros_like=np.zeros_like,
+    add=numba_embed.add,
+    patchify=patchify,
+    linear_forward=numba_linear.linear_forward,
+    linear_backward=numba_linear.linear_backward,
+    linear_gelu_forward=numba_gelu.linear_gelu_forward,
+    linear_gelu_backward=numba_gelu.linear_gelu_backward,
+    embed_forward=numba_embed.embed_forward,
+    embed_backward=numba_embed.embed_backward,
+    layernorm_forward=numba_layernorm.layernorm_forward,
+    layernorm_backward=numba_layernorm.layernorm_backward,
+    attention_forward=numba_attention.attention_forward,
+    attention_backward=numba_attention.attention_backward,
+    attention_probs=lambda cache: cache.probs,
+    class_token_forward=numba_embed.class_token_forward,
+    class_token_backward=numba_embed.class_token_backward,
+    cross_entropy_forward=numba_loss.cross_entropy_forward,
+    cross_entropy_backward=numba_loss.cross_entropy_backward,
+    adamw_update=numba_adamw.adamw_update,
+    sum_of_squares=numba_adamw.sum_of_squares,
+    scale_=numba_adamw.scale_,
+    set_threads=set_threads,
+)
