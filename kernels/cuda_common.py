@@ -57,7 +57,8 @@ def flat(a):
 
 def rows_view(a):
     """(..., D) -> (rows, D), a view of a C-contiguous device array."""
-    return a.reshape(a.size // a.shape[-1], a.shape[-1])
+    D = tuple(a.shape)[-1]  # tuple(): the simulator's shape has no negative indexing
+    return a.reshape(a.size // D, D)
 
 
 def element_grid(n: int):

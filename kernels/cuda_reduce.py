@@ -140,9 +140,12 @@ else:
     block_sum, block_max = block_sum_warp, block_max_warp
 
 
-def reduce_threads() -> int:
-    """Threads per block of a kernel that calls block_sum / block_max: whole warps on a GPU."""
-    t = common.row_threads()
+def reduce_threads(width: int) -> int:
+    """Threads per block of a kernel that reduces rows of `width` with block_sum / block_max.
+
+    A power of two: ROW_THREADS, or fewer for short rows (no idle threads), but on a GPU
+    at least one whole warp, which the shuffles need."""
+    t = min(common.row_threads(), 1 << max(0, int(width) - 1).bit_length())
     return t if common.SIMULATING else max(t, WARP)
 
 
@@ -167,7 +170,7 @@ def sum_of_squares(arrays) -> float:
 
     One float comes back to the host, after every array has been added on the device."""
     total = fill((1,), np.float64, 0.0)
-    threads = reduce_threads()
+    threads = reduce_threads(common.MAX_ROW_THREADS)
     for a in arrays:
         common.check_device("array", a)
         if a.size == 0:

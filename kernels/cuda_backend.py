@@ -1,0 +1,62 @@
+"""The `cuda` backend: numba.cuda kernels for every op of tinyvit.backend.Backend.
+
+Arrays are numba device arrays. Parameters, activations, gradients and the
+optimiser moments stay on the GPU for a whole training step; what crosses to
+the host per step is the images and labels going in, and the loss and the
+gradient norm (one float each) coming out.
+
+Where each op lives:
+    cuda_matmul       the matrix products (tiled, register-blocked; batched for attention)
+    cuda_linear       linear forward/backward
+    cuda_gelu         linear + fused bias/GELU
+    cuda_layernorm    LayerNorm
+    cuda_attention    head split/merge, row softmax, attention forward/backward
+    cuda_loss         cross-entropy
+    cuda_adamw        the AdamW update
+    cuda_reduce       block reductions, the gradient norm, column sums
+    cuda_elementwise  add, fill, scale, patchify, class token and position embedding
+
+Without a GPU the same kernels run under the CUDA simulator
+(NUMBA_ENABLE_CUDASIM=1), which is how the tests check them on any machine.
+"""
+
+from numba import cuda
+
+from tinyvit.backend import Backend
+
+from . import cuda_elementwise as ew
+from .cuda_adamw import adamw_update
+from .cuda_attention import attention_backward, attention_forward, attention_probs
+from .cuda_gelu import linear_gelu_backward, linear_gelu_forward
+from .cuda_layernorm import layernorm_backward, layernorm_forward
+from .cuda_linear import linear_backward, linear_forward
+from .cuda_loss import cross_entropy_backward, cross_entropy_forward
+from .cuda_reduce import sum_of_squares
+
+BACKEND = Backend(
+    name="cuda",
+    asarray=ew.asarray,
+    to_numpy=ew.to_numpy,
+    zeros_like=ew.zeros_like,
+    add=ew.add,
+    patchify=ew.patchify,
+    linear_forward=linear_forward,
+    linear_backward=linear_backward,
+    linear_gelu_forward=linear_gelu_forward,
+    linear_gelu_backward=linear_gelu_backward,
+    embed_forward=ew.embed_forward,
+    embed_backward=ew.embed_backward,
+    layernorm_forward=layernorm_forward,
+    layernorm_backward=layernorm_backward,
+    attention_forward=attention_forward,
+    attention_backward=attention_backward,
+    attention_probs=attention_probs,
+    class_token_forward=ew.class_token_forward,
+    class_token_backward=ew.class_token_backward,
+    cross_entropy_forward=cross_entropy_forward,
+    cross_entropy_backward=cross_entropy_backward,
+    adamw_update=adamw_update,
+    sum_of_squares=sum_of_squares,
+    scale_=ew.scale_,
+    synchronize=cuda.synchronize,
+)
