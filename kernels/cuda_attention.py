@@ -42,7 +42,7 @@ def _split_heads_kernel(src, heads, dst):
     i = cuda.grid(1)
     if i >= dst.size:
         return
-    S, BH, N, Dh = dst.shape
+    _, BH, N, Dh = dst.shape
     s, rest = i // (BH * N * Dh), i % (BH * N * Dh)
     bh, rest = rest // (N * Dh), rest % (N * Dh)
     n, e = rest // Dh, rest % Dh
@@ -56,7 +56,7 @@ def _merge_heads_kernel(src, heads, dst):
     i = cuda.grid(1)
     if i >= dst.size:
         return
-    B, N, SD = dst.shape
+    _, N, SD = dst.shape
     Dh = src.shape[3]
     b, rest = i // (N * SD), i % (N * SD)
     n, col = rest // SD, rest % SD
@@ -77,7 +77,7 @@ def split_heads(x, parts, heads):
 
 def merge_heads(x, batch, heads):
     """(parts, B*H, N, Dh) -> (B, N, parts*H*Dh)."""
-    S, BH, N, Dh = x.shape
+    S, _, N, Dh = x.shape
     out = common.empty((batch, N, S * heads * Dh), x.dtype)
     blocks, threads = common.element_grid(out.size)
     _merge_heads_kernel[blocks, threads](x, heads, out)

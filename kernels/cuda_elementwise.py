@@ -98,7 +98,7 @@ def _patchify_kernel(images, patch, out):
     i = cuda.grid(1)
     if i >= out.size:
         return
-    B, H, W, C = images.shape
+    _, H, W, C = images.shape
     P = patch
     L = P * P * C  # length of one flattened patch
     gw = W // P

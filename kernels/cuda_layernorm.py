@@ -23,8 +23,8 @@ from typing import NamedTuple
 from numba import cuda, float64
 
 from . import cuda_common as common
-from .cuda_elementwise import fill
 from . import cuda_reduce
+from .cuda_elementwise import fill
 from .cuda_reduce import block_sum, reduce_threads
 
 EPS = 1e-6  # as tinyvit.layers.layernorm

@@ -64,7 +64,7 @@ def _check_blocking(bl: Blocking):
         raise ValueError(f"blocking needs TM | BM, TN | BN and at most 1024 threads, got {bl}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiled_kernel(tile: int, trans_a: bool, trans_b: bool, dtype):
     """The plain tiled kernel for one tile size, transposes and dtype. Launch with (tile, tile) threads."""
     T = tile
@@ -103,7 +103,7 @@ def tiled_kernel(tile: int, trans_a: bool, trans_b: bool, dtype):
     return kernel
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def regblock_kernel(blocking: Blocking, trans_a: bool, trans_b: bool, dtype):
     """The register-blocked kernel for one blocking, transposes and dtype. Launch with blocking.threads threads."""
     _check_blocking(blocking)
