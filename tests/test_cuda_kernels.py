@@ -20,6 +20,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numba import cuda
 
 from kernels import cuda_backend as cb
@@ -101,6 +103,21 @@ def test_batched_matmul_is_one_product_per_leading_index(variant, trans_a, trans
     b = B.transpose(0, 2, 1).copy() if trans_b else B
     got = matmul(dev(a, np.float64), dev(b, np.float64), trans_a, trans_b, variant=variant)
     assert_close(host(got), A @ B, 1e-12, f"batched {variant} matmul")
+
+
+@settings(max_examples=12)
+@given(
+    m=st.integers(1, 10), k=st.integers(1, 10), n=st.integers(1, 10),
+    trans_a=st.booleans(), trans_b=st.booleans(), variant=st.sampled_from(cuda_matmul.VARIANTS),
+    seed=st.integers(0, 2**32 - 1),
+)  # fmt: skip
+def test_matmul_any_small_shape_matches_numpy(m, k, n, trans_a, trans_b, variant, seed):
+    """Shapes from 1 to 10 on each side against tiles of 4 and 8x4: full, partial and lone tiles alike."""
+    A, B = rng_normal(seed, m, k), rng_normal(seed + 1, k, n)
+    a = A.T.copy() if trans_a else A
+    b = B.T.copy() if trans_b else B
+    got = matmul(dev(a, np.float64), dev(b, np.float64), trans_a, trans_b, variant=variant)
+    assert_close(host(got), A @ B, 1e-12, f"{variant} {m}x{k} @ {k}x{n}")
 
 
 def test_matmul_thread_patch_larger_than_the_matrix():
