@@ -1,0 +1,157 @@
+"""The trainer end to end on small generated data: metrics, checkpoints, exact resume, clean stops.
+
+These run the real `python -m tinyvit.train` code path (in-process, through its
+argument parser) on the `testing` preset and the `shapes` dataset with the
+`numpy` backend, so each run takes a second or two.
+"""
+
+import json
+import signal
+
+import numpy as np
+import pytest
+
+from tinyvit import ViT
+from tinyvit.checkpoint import load_checkpoint
+from tinyvit.train import build_parser, main, train
+
+SMALL = ["--data", "shapes:64", "--preset", "testing", "--image-size", "16", "--batch-size", "16",
+         "--backend", "numpy", "--threads", "1", "--no-progress", "--seed", "3"]  # fmt: skip
+
+
+def run(tmp_path, *extra, out="run"):
+    args = build_parser().parse_args(SMALL + ["--out", str(tmp_path / out), *extra])
+    return train(args)
+
+
+def test_a_short_run_writes_metrics_a_checkpoint_and_a_summary(tmp_path):
+    summary = run(tmp_path, "--epochs", "2")
+    lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert all(0.0 <= m["test_acc"] <= 1.0 and np.isfinite(m["train_loss"]) for m in lines)
+    ck = load_checkpoint(tmp_path / "run" / "checkpoint.npz")
+    assert ck.state["epoch"] == 2 and ck.state["step"] == 8 and int(ck.opt_state["step"]) == 8
+    assert summary["steps"] == 8 and summary["test_acc"] == lines[-1]["test_acc"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 8
+
+
+def test_the_trainer_learns_the_shapes_dataset_well_above_chance(tmp_path):
+    """Six classes: chance is 1/6. Fifteen short epochs of a tiny model beat it clearly on held-out images."""
+    args = build_parser().parse_args([
+        "--data", "shapes:1500", "--preset", "testing", "--image-size", "16", "--dim", "32", "--mlp-dim", "64",
+        "--batch-size", "32", "--epochs", "15", "--lr", "3e-3", "--no-augment", "--backend", "numpy",
+        "--threads", "1", "--no-progress", "--out", str(tmp_path / "learn"),
+    ])  # fmt: skip
+    assert train(args)["test_acc"] > 0.3
+
+
+def test_a_run_stopped_and_resumed_ends_with_the_same_parameters_as_one_never_stopped(tmp_path):
+    """Stop in the middle of epoch 2 (after the 8 px -> 16 px resolution change), resume, finish:
+    every parameter and moment matches the uninterrupted run.
+
+    Same data order, augmentation, schedule and optimizer state; what can differ is rounding:
+    NumPy's SIMD sums start at an aligned address, so an array that lands elsewhere in memory
+    after reloading is summed in a slightly different order. In float64 that is ~1e-16 per
+    operation, so the two runs must agree to 1e-10; a missed step or a wrong moment would be
+    off by orders of magnitude more."""
+    schedule = ["--epochs", "3", "--progressive", "8:1", "--dtype", "float64"]
+    run(tmp_path, *schedule, out="straight")
+    stopped = run(tmp_path, *schedule, "--max-steps", "6", out="interrupted")
+    assert stopped["steps"] == 6 and "max-steps" in stopped["stopped"]
+    assert load_checkpoint(tmp_path / "interrupted" / "checkpoint.npz").state["batch"] == 2
+    main(["--out", str(tmp_path / "interrupted"), "--resume", "--no-progress", "--threads", "1"])
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.npz")
+    b = load_checkpoint(tmp_path / "interrupted" / "checkpoint.npz")
+    assert a.state["step"] == b.state["step"] == 12
+    for k in a.params:
+        np.testing.assert_allclose(b.params[k], a.params[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    for k in a.opt_state:
+        np.testing.assert_allclose(b.opt_state[k], a.opt_state[k], rtol=1e-10, atol=1e-16, err_msg=k)
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(tmp_path):
+    run(tmp_path, "--epochs", "1")
+    before = (tmp_path / "run" / "checkpoint.npz").read_bytes()
+    with pytest.raises(ValueError, match="already exists: pass --resume"):
+        run(tmp_path, "--epochs", "1")
+    assert (tmp_path / "run" / "checkpoint.npz").read_bytes() == before
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    original = ViT.loss_and_grads
+    calls = {"n": 0}
+
+    def poisoned(self, *a, **kw):
+        calls["n"] += 1
+        loss, grads, logits = original(self, *a, **kw)
+        return (float("nan") if calls["n"] == 6 else loss), grads, logits
+
+    monkeypatch.setattr(ViT, "loss_and_grads", poisoned)
+    with pytest.raises(SystemExit) as exit_info:
+        main(SMALL + ["--out", str(tmp_path / "run"), "--epochs", "3"])
+    assert "loss is nan at step 6" in str(exit_info.value) and "last good checkpoint" in str(exit_info.value)
+    ck = load_checkpoint(tmp_path / "run" / "checkpoint.npz")
+    assert ck.state["epoch"] == 1 and ck.state["step"] == 4, "the checkpoint of epoch 1 is untouched"
+
+
+def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_exits_cleanly(tmp_path, monkeypatch):
+    original = ViT.loss_and_grads
+    calls = {"n": 0}
+
+    def interrupt_on_third(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C during this step
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(ViT, "loss_and_grads", interrupt_on_third)
+    summary = run(tmp_path, "--epochs", "2")
+    assert "Ctrl-C" in summary["stopped"] and summary["steps"] == 3
+    ck = load_checkpoint(tmp_path / "run" / "checkpoint.npz")
+    assert ck.state["step"] == 3 and ck.state["batch"] == 3
+
+
+def test_max_minutes_stops_after_the_time_is_up_then_evaluates_and_saves(tmp_path):
+    summary = run(tmp_path, "--epochs", "50", "--max-minutes", "0")
+    assert summary["steps"] == 1 and "max-minutes" in summary["stopped"] and summary["test_acc"] is not None
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.npz").state["step"] == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--label-smoothing", "1.5"], "--label-smoothing must be in"),
+    (["--progressive", "6:1"], "multiple of the patch size"),
+    (["--progressive", "8"], "SIZE:EPOCHS"),
+    (["--batch-size", "1000"], "larger than the training set"),
+    (["--heads", "3"], "heads 3 must divide dim 8"),
+])  # fmt: skip
+def test_bad_options_are_clear_errors_and_write_nothing(tmp_path, flags, message):
+    with pytest.raises((ValueError, SystemExit), match=message):
+        main(SMALL + ["--out", str(tmp_path / "run"), *flags])
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+def test_evaluate_and_predict_read_the_checkpoint(tmp_path, capsys):
+    from PIL import Image
+
+    from tinyvit.data import load_dataset
+    from tinyvit.evaluate import main as evaluate_main
+    from tinyvit.predict import main as predict_main
+
+    run(tmp_path, "--epochs", "1")
+    ckpt = str(tmp_path / "run" / "checkpoint.npz")
+    capsys.readouterr()
+    evaluate_main(["--checkpoint", ckpt, "--data", "shapes:64", "--backend", "numpy", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["confusion_matrix"]) == 6 and sum(map(sum, report["confusion_matrix"])) == 12
+    assert report["accuracy"] == pytest.approx(
+        np.trace(report["confusion_matrix"]) / 12), "accuracy is the confusion matrix's diagonal share"
+    img = load_dataset("shapes:64", image_size=40).test_images[0]  # another size: predict resizes
+    Image.fromarray(img).save(tmp_path / "shape.png")
+    predict_main(["--checkpoint", ckpt, "--backend", "numpy", str(tmp_path / "shape.png")])
+    out = capsys.readouterr().out.splitlines()
+    probs = [float(line.split("%")[0]) / 100 for line in out[1:]]
+    assert out[0].endswith("shape.png") and len(probs) == 5 and probs == sorted(probs, reverse=True)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(SystemExit, match="cannot read image .*broken.png"):
+        predict_main(["--checkpoint", ckpt, "--backend", "numpy", str(tmp_path / "broken.png")])
