@@ -1,0 +1,259 @@
+"""Every `numba` kernel against its NumPy specification, on hypothesis-drawn small shapes.
+
+float64 must agree with the reference to 1e-10, relative to the largest reference
+value (the kernels only reorder sums, which moves the last few bits). float32 is
+compared with the float64 reference on the same inputs; its bounds (FLOAT32_TOL)
+come from float32's resolution (6e-8) grown by the length of the sums involved,
+and, for GELU, from the rational erf of kernels/numba_gelu.py (6.5e-8 absolute).
+Every check also asserts that the kernel left its inputs untouched.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kernels import numba_adamw, numba_attention, numba_embed, numba_gelu, numba_layernorm, numba_linear, numba_loss
+from kernels import numba_patchify
+from tinyvit import layers, optim
+
+# float32 kernel vs the float64 reference, max |error| / max |reference| per output array.
+# Sums over <= 64 terms in float32 keep ~1e-6 relative; 2e-5 leaves room for the worst draws.
+FLOAT32_TOL = 2e-5
+FLOAT64_TOL = 1e-10
+
+seeds = st.integers(0, 2**32 - 1)
+dtypes = st.sampled_from([np.float64, np.float32])
+small = st.integers(1, 5)
+
+
+def rel_err(got, want, scale=0.0):
+    """max |got - want| / max(max |want|, scale): relative to the output's size, or to `scale`, the
+    size of the terms that were summed into it when they cancel to much less (a floor of 1e-30)."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    return np.max(np.abs(got - want), initial=0.0) / max(np.max(np.abs(want), initial=0.0), scale, 1e-30)
+
+
+def assert_close(name, got, want, dtype, scale=0.0):
+    got_arr = np.asarray(got)
+    assert got_arr.shape == np.shape(want), f"{name}: shape {got_arr.shape}, expected {np.shape(want)}"
+    if np.ndim(got):
+        assert got_arr.dtype == dtype, f"{name}: dtype {got_arr.dtype}, expected {np.dtype(dtype)}"
+    tol = FLOAT64_TOL if dtype == np.float64 else FLOAT32_TOL
+    err = rel_err(got, want, scale)
+    assert err <= tol, f"{name} ({np.dtype(dtype)}): relative error {err:.3g} > {tol:g}"
+
+
+def draw(rng, shape, dtype, scale=1.0):
+    """Normal values already rounded to dtype, so the float64 reference sees the same inputs."""
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def reference_inputs(*arrays):
+    return [a.astype(np.float64) for a in arrays]
+
+
+def snapshot(*arrays):
+    return [a.copy() for a in arrays]
+
+
+def assert_unchanged(before, after):
+    for i, (b, a) in enumerate(zip(before, after)):
+        assert np.array_equal(b, a), f"input {i} was modified by the kernel"
+
+
+@given(seed=seeds, dtype=dtypes, lead=st.lists(small, min_size=1, max_size=2), fin=small, fout=small)
+def test_linear_matches_reference(seed, dtype, lead, fin, fout):
+    """linear forward (sgemm + the fused bias pass) and backward (two sgemms + the column sums)."""
+    rng = np.random.default_rng(seed)
+    x, w, b, dout = (draw(rng, s, dtype) for s in ((*lead, fin), (fin, fout), (fout,), (*lead, fout)))
+    before = snapshot(x, w, b, dout)
+    out, cache = numba_linear.linear_forward(x, w, b)
+    grads = numba_linear.linear_backward(dout, cache)
+    assert_unchanged(before, [x, w, b, dout])
+    x64, w64, b64, d64 = reference_inputs(x, w, b, dout)
+    ref_out, ref_cache = layers.linear_forward(x64, w64, b64)
+    assert_close("linear out", out, ref_out, dtype)
+    for name, g, r in zip(("dx", "dweight", "dbias"), grads, layers.linear_backward(d64, ref_cache)):
+        assert_close("linear " + name, g, r, dtype)
+
+
+@given(seed=seeds, dtype=dtypes, rows=st.integers(1, 40), fin=small, m=st.integers(1, 12))
+def test_linear_gelu_matches_reference(seed, dtype, rows, fin, m):
+    """fc1 + exact GELU, with pre-activations spread over [-6, 6] so the erf clamp at +-4 is crossed."""
+    rng = np.random.default_rng(seed)
+    x, w, dout = draw(rng, (rows, fin), dtype), draw(rng, (fin, m), dtype, 2.0), draw(rng, (rows, m), dtype)
+    b = draw(rng, (m,), dtype, 2.0)
+    before = snapshot(x, w, b, dout)
+    out, cache = numba_gelu.linear_gelu_forward(x, w, b)
+    grads = numba_gelu.linear_gelu_backward(dout, cache)
+    assert_unchanged(before, [x, w, b, dout])
+    x64, w64, b64, d64 = reference_inputs(x, w, b, dout)
+    ref_out, ref_cache = layers.linear_gelu_forward(x64, w64, b64)
+    assert_close("linear_gelu out", out, ref_out, dtype)
+    for name, g, r in zip(("dx", "dweight", "dbias"), grads, layers.linear_gelu_backward(d64, ref_cache)):
+        assert_close("linear_gelu " + name, g, r, dtype)
+
+
+def test_float32_gelu_error_is_within_the_documented_bound():
+    """gelu and gelu' in float32 (rational erf) stay within 2e-7 (1 + |z|) of the exact float64 values,
+    on a dense grid over [-8, 8] that includes the clamp at |z / sqrt 2| = 4."""
+    z = np.linspace(-8.0, 8.0, 20001).astype(np.float32)
+    one_row = z.reshape(1, -1)
+    eye = np.eye(1, dtype=np.float32)
+    out, cache = numba_gelu.linear_gelu_forward(eye, one_row, np.zeros_like(z))
+    _, _, dz = numba_gelu.linear_gelu_backward(np.ones_like(one_row), cache)  # dbias = gelu'(z)
+    ref, ref_cache = layers.gelu_forward(z.astype(np.float64))
+    ref_grad = layers.gelu_backward(np.ones_like(ref), ref_cache)
+    bound = 2e-7 * (1.0 + np.abs(z.astype(np.float64)))
+    assert np.all(np.abs(out[0] - ref) <= bound), f"gelu error up to {np.max(np.abs(out[0] - ref)):.3g}"
+    assert np.all(np.abs(dz - ref_grad) <= bound), f"gelu' error up to {np.max(np.abs(dz - ref_grad)):.3g}"
+
+
+@given(seed=seeds, dtype=dtypes, lead=st.lists(small, min_size=1, max_size=2), d=st.integers(2, 12),
+       shift=st.floats(-3, 3))  # fmt: skip
+def test_layernorm_matches_reference(seed, dtype, lead, d, shift):
+    """LayerNorm forward (mean and variance in one read of each row) and backward (xhat recomputed)."""
+    rng = np.random.default_rng(seed)
+    x = (draw(rng, (*lead, d), np.float64) + shift).astype(dtype)
+    w, b, dout = draw(rng, (d,), dtype), draw(rng, (d,), dtype), draw(rng, (*lead, d), dtype)
+    before = snapshot(x, w, b, dout)
+    out, cache = numba_layernorm.layernorm_forward(x, w, b)
+    grads = numba_layernorm.layernorm_backward(dout, cache)
+    assert_unchanged(before, [x, w, b, dout])
+    x64, w64, b64, d64 = reference_inputs(x, w, b, dout)
+    ref_out, ref_cache = layers.layernorm_forward(x64, w64, b64)
+    assert_close("layernorm out", out, ref_out, dtype)
+    # dx = rstd (g - mean g - xhat mean(g xhat)) can cancel to ~0 (exactly so for D = 2): measure
+    # its error against the size of rstd * g, the terms it is made of
+    terms = np.max(np.abs(ref_cache.rstd * d64 * w64))
+    for name, g, r in zip(("dx", "dweight", "dbias"), grads, layers.layernorm_backward(d64, ref_cache)):
+        assert_close("layernorm " + name, g, r, dtype, scale=terms if name == "dx" else 0.0)
+
+
+@given(seed=seeds, dtype=dtypes, batch=st.integers(1, 3), n=st.integers(1, 7), heads=st.integers(1, 3),
+       dh=st.integers(1, 4), scale=st.sampled_from([0.5, 3.0]))  # fmt: skip
+def test_attention_matches_reference(seed, dtype, batch, n, heads, dh, scale):
+    """Attention per (batch, head): fused scale + softmax forward, the softmax Jacobian backward,
+    and the kept probabilities equal the reference's (B, H, N, N)."""
+    rng = np.random.default_rng(seed)
+    D = heads * dh
+    qkv, dout = draw(rng, (batch, n, 3 * D), dtype, scale), draw(rng, (batch, n, D), dtype)
+    before = snapshot(qkv, dout)
+    out, cache = numba_attention.attention_forward(qkv, heads)
+    dqkv = numba_attention.attention_backward(dout, cache)
+    assert_unchanged(before, [qkv, dout])
+    q64, d64 = reference_inputs(qkv, dout)
+    ref_out, ref_cache = layers.attention_forward(q64, heads)
+    assert_close("attention out", out, ref_out, dtype)
+    assert_close("attention probs", cache.probs, ref_cache.probs, dtype)
+    assert_close("attention dqkv", dqkv, layers.attention_backward(d64, ref_cache), dtype)
+
+
+@given(seed=seeds, dtype=dtypes, batch=small, n=small, d=small)
+def test_embed_class_token_and_add_match_reference(seed, dtype, batch, n, d):
+    """Class token + position embedding, the class-token read-out and the residual add."""
+    rng = np.random.default_rng(seed)
+    x, cls, pos = draw(rng, (batch, n, d), dtype), draw(rng, (d,), dtype), draw(rng, (n + 1, d), dtype)
+    dout, dcls_row = draw(rng, (batch, n + 1, d), dtype), draw(rng, (batch, d), dtype)
+    before = snapshot(x, cls, pos, dout, dcls_row)
+    out, cache = numba_embed.embed_forward(x, cls, pos)
+    grads = numba_embed.embed_backward(dout, cache)
+    row, row_cache = numba_embed.class_token_forward(out)
+    drow = numba_embed.class_token_backward(dcls_row, row_cache)
+    total = numba_embed.add(out, dout)
+    assert_unchanged(before, [x, cls, pos, dout, dcls_row])
+    x64, c64, p64, d64, r64 = reference_inputs(x, cls, pos, dout, dcls_row)
+    ref_out, ref_cache = layers.embed_forward(x64, c64, p64)
+    assert_close("embed out", out, ref_out, dtype)
+    for name, g, r in zip(("dx", "dcls", "dpos"), grads, layers.embed_backward(d64, ref_cache)):
+        assert_close("embed " + name, g, r, dtype)
+    ref_row, ref_row_cache = layers.class_token_forward(ref_out)
+    assert_close("class token", row, ref_row, dtype)
+    assert_close("class token dx", drow, layers.class_token_backward(r64, ref_row_cache), dtype)
+    assert_close("add", total, ref_out + d64, dtype)
+
+
+def test_add_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="equal shapes"):
+        numba_embed.add(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+@given(seed=seeds, dtype=dtypes, batch=small, grid=st.integers(1, 3), p=st.integers(1, 3), c=st.integers(1, 3))
+def test_patchify_matches_reference_and_unpatchify_inverts_it(seed, dtype, batch, grid, p, c):
+    """Patchify is a pure rearrangement: equal to the reference exactly, and undone by unpatchify."""
+    rng = np.random.default_rng(seed)
+    images = draw(rng, (batch, grid * p, grid * p, c), dtype)
+    before = snapshot(images)
+    patches = numba_patchify.patchify(images, p)
+    assert_unchanged(before, [images])
+    assert np.array_equal(patches, layers.patchify(images, p))
+    back = numba_patchify.patchify_backward(patches, p, grid * p, c)
+    assert np.array_equal(back, images)
+
+
+def test_patchify_rejects_a_patch_that_does_not_divide_the_image():
+    with pytest.raises(ValueError, match="must divide"):
+        numba_patchify.patchify(np.zeros((1, 6, 6, 3)), 4)
+
+
+@given(seed=seeds, dtype=dtypes, batch=small, k=st.integers(2, 6), smoothing=st.sampled_from([0.0, 0.1, 0.5]))
+def test_cross_entropy_matches_reference(seed, dtype, batch, k, smoothing):
+    """Loss (log-sum-exp with the row max) and dlogits, with and without label smoothing."""
+    rng = np.random.default_rng(seed)
+    logits, labels = draw(rng, (batch, k), dtype, 4.0), rng.integers(0, k, batch)
+    before = snapshot(logits, labels)
+    loss, cache = numba_loss.cross_entropy_forward(logits, labels, smoothing)
+    dlogits = numba_loss.cross_entropy_backward(0.7, cache)
+    assert_unchanged(before, [logits, labels])
+    ref_loss, ref_cache = layers.cross_entropy_forward(logits.astype(np.float64), labels, smoothing)
+    assert isinstance(loss, float)
+    assert_close("loss", loss, ref_loss, dtype)
+    assert_close("dlogits", dlogits, layers.cross_entropy_backward(0.7, ref_cache), dtype)
+
+
+def test_cross_entropy_rejects_labels_out_of_range():
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        numba_loss.cross_entropy_forward(np.zeros((2, 3)), np.array([0, 3]))
+
+
+# Sizes below and above PARALLEL_MIN, so both the serial and the chunked parallel kernels run.
+optimizer_sizes = st.sampled_from([1, 7, 300, numba_adamw.PARALLEL_MIN + 5 * numba_adamw.CHUNK // 2])
+
+
+@given(seed=seeds, dtype=dtypes, size=optimizer_sizes, step=st.integers(1, 5), wd=st.sampled_from([0.0, 0.05]))
+def test_adamw_update_matches_the_optim_specification(seed, dtype, size, step, wd):
+    """In place on param, m and v, exactly as tinyvit.optim.adamw_update; grad untouched."""
+    rng = np.random.default_rng(seed)
+    param, grad, m = draw(rng, (size,), dtype), draw(rng, (size,), dtype), draw(rng, (size,), dtype, 0.1)
+    v = np.abs(draw(rng, (size,), dtype, 0.01))
+    hp = optim.AdamWStep(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=wd, step=step)
+    ref = [a.astype(np.float64) for a in (param, grad, m, v)]
+    grad_before = grad.copy()
+    numba_adamw.adamw_update(param, grad, m, v, hp)
+    optim.adamw_update(ref[0], ref[1], ref[2], ref[3], hp)
+    assert np.array_equal(grad, grad_before), "adamw_update modified grad"
+    for name, got, want in zip(("param", "m", "v"), (param, m, v), (ref[0], ref[2], ref[3])):
+        assert_close("adamw " + name, got, want, dtype)
+
+
+def test_adamw_update_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="share a shape"):
+        numba_adamw.adamw_update(np.zeros(3), np.zeros(4), np.zeros(3), np.zeros(3), optim.AdamWStep(1, 0.9, 0.9, 1, 0, 1))
+
+
+@given(seed=seeds, dtype=dtypes, sizes=st.lists(optimizer_sizes, min_size=1, max_size=3), factor=st.floats(0.1, 2))
+def test_global_norm_and_scale_match_the_optim_specification(seed, dtype, sizes, factor):
+    """sum_of_squares (float64) over a list of arrays, and scale_ in place over all of them."""
+    rng = np.random.default_rng(seed)
+    arrays = [draw(rng, (s,), dtype) for s in sizes]
+    ref = [a.astype(np.float64) for a in arrays]
+    before = snapshot(*arrays)
+    total = numba_adamw.sum_of_squares(arrays)
+    assert_unchanged(before, arrays)
+    assert isinstance(total, float)
+    assert abs(total - optim.sum_of_squares(ref)) <= 1e-12 * optim.sum_of_squares(ref)
+    numba_adamw.scale_(arrays, factor)
+    optim.scale_(ref, factor)
+    for a, r in zip(arrays, ref):
+        assert_close("scale_", a, r, dtype)
