@@ -43,7 +43,7 @@ def loadavg() -> str:
 
 def cpu_model() -> str:
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
         return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except (OSError, StopIteration):
         return "unknown"
@@ -269,7 +269,7 @@ def memory_child(framework: str, preset: str, batch: int, threads: int) -> None:
 def peak_memory(framework: str, args) -> dict | None:
     cmd = [sys.executable, __file__, "--_memory", framework, "--preset", args.preset,
            "--batch", str(args.batch), "--threads", str(args.threads)]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         print(f"  memory run for {framework} failed: {out.stderr.strip()[-300:]}")
         return None

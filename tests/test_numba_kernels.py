@@ -13,8 +13,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernels import numba_adamw, numba_attention, numba_embed, numba_gelu, numba_layernorm, numba_linear, numba_loss
-from kernels import numba_patchify
+from kernels import (
+    numba_adamw,
+    numba_attention,
+    numba_embed,
+    numba_gelu,
+    numba_layernorm,
+    numba_linear,
+    numba_loss,
+    numba_patchify,
+)
 from tinyvit import layers, optim
 
 # float32 kernel vs the float64 reference, max |error| / max |reference| per output array.

@@ -3,10 +3,11 @@
 - float64: loss, logits and every parameter's gradient equal the numpy backend's to 1e-10
   (relative to each gradient's largest entry), and the gradient agrees with centred finite
   differences along random directions;
-- float32: logits and gradients within FLOAT32_MODEL_TOL of the float64 reference. The network
-  is a chain of ~30 float32 ops, each good to ~1e-6 relative (FLOAT32_TOL of the kernel tests),
-  and the rational erf adds ~1e-7; gradients pass through every op twice, so 1e-4 bounds them
-  with room for error growth through the LayerNorms' rstd;
+- float32: logits and gradients within FLOAT32_MODEL_TOL of the float64 reference (fed the same
+  float32-rounded parameters and images). Each float32 op is good to ~1e-6 relative (its sums are
+  short; the rational erf is within 6.5e-8) and the errors of ~30 ops in a row add up, not
+  multiply: measured ~1e-7 for logits, ~3e-7 for the worst gradient; 1e-5 leaves 30x of room
+  for other seeds and for error growth through the LayerNorms' rstd;
 - attention maps come back with return_attention, a short AdamW run matches the numpy one,
   inputs and parameters are not modified, and set_threads sets both thread pools.
 """
@@ -22,7 +23,7 @@ from tinyvit.model import ViT, init_params
 from tinyvit.optim import AdamW
 
 CFG = get_preset("testing")
-FLOAT32_MODEL_TOL = 1e-4
+FLOAT32_MODEL_TOL = 1e-5
 
 
 def rel_err(got, want):
