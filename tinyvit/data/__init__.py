@@ -44,7 +44,7 @@ def load_dataset(spec: str, data_dir=None, image_size: int = 32, seed: int = 0, 
 
     image_size = check_image_size(image_size)
     if not isinstance(spec, str):
-        raise ValueError(f"dataset spec must be a string, one of {SPECS}; got {spec!r}")  # noqa: TRY004 (project: bad input is a ValueError)
+        raise ValueError(f"dataset spec must be a string, one of {SPECS}; got {spec!r}")  # noqa: TRY004
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if spec == "cifar10":
         return load_cifar10(data_dir, image_size=image_size, download=download, progress=progress)

@@ -51,11 +51,21 @@ SIDE = 32
 # mean the same function, taken here from ndarray's own pickling so that no
 # deprecated module is imported.
 _RECONSTRUCT = np.empty(0).__reduce__()[0]
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """What Python 3 writes for a bytes object at pickle protocol 0-2: _codecs.encode(text, "latin1")."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise ValueError(f"refusing _codecs.encode with {type(text).__name__} and encoding {encoding!r}")
+    return text.encode("latin1")
+
+
 SAFE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_bytes,  # only in files written by Python 3 with protocol <= 2
 }
 
 
@@ -116,7 +126,8 @@ def parse_batch(obj, source: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{source}: 'labels' is not a list of integers: {e}") from e
     if labels.shape != (len(data),) or (labels.size and labels.dtype.kind not in "iu"):
         raise ValueError(
-            f"{source}: 'labels' must be {len(data)} integers (one per row of 'data'), got {labels.dtype} {labels.shape}"
+            f"{source}: 'labels' must be {len(data)} integers (one per row of 'data'), "
+            f"got {labels.dtype} {labels.shape}"
         )
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise ValueError(

