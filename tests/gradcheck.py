@@ -54,12 +54,13 @@ STEP = {
 }  # fmt: skip
 
 # The worst rel_error each check may show; each test's docstring says why. The nonlinear ones are
-# set by rare gradient entries that happen to be small (1e-5 of their neighbours): the absolute
-# noise of a h = 1e-6 difference, ~1e-10, is a sizeable part of such an entry. The worst cases
-# measured over 1000 draws each (benchmarks/gradcheck_report.py prints fresh ones) sit 5-10x below.
+# set by rare gradient entries that happen to be tiny (1e-5 of their neighbours): the absolute
+# noise of a h = 1e-6 difference, ~1e-10, is a sizeable part of such an entry. Such entries are
+# rare, so the worst case creeps up with the number of draws: each bound sits above the worst of
+# several thousand random draws (benchmarks/gradcheck_report.py measures them afresh).
 TOLERANCE = {
-    "patchify": 1e-12, "linear": 1e-10, "embed": 1e-12, "class_token": 1e-12,
-    "gelu": 1e-5, "linear_gelu": 1e-5, "layernorm": 1e-5, "attention": 1e-4, "cross_entropy": 1e-4,
+    "patchify": 1e-12, "linear": 1e-10, "embed": 1e-10, "class_token": 1e-12,
+    "gelu": 1e-5, "linear_gelu": 3e-4, "layernorm": 1e-4, "attention": 3e-4, "cross_entropy": 1e-4,
     "model": 1e-6,
 }  # fmt: skip
 
@@ -168,3 +169,30 @@ def check_layer(forward, backward, inputs, tol=None, wrt=None, names=None, h: fl
 def _assert_unchanged(inputs, before, names, stage):
     for name, now, then in zip(names, inputs, before):
         assert np.array_equal(now, then), f"{stage} wrote into {name}"
+
+
+def directional_errors(loss, params, grads, h: float = H, seed: int = 0) -> dict:
+    """Check a whole model's gradients, one parameter tensor at a time, along random directions.
+
+    loss() evaluates the scalar loss with the current values of `params`
+    (name -> array, changed in place here and restored afterwards); grads holds
+    the hand-written gradients at those values. For each tensor p and a random
+    direction d of its shape,
+        (loss(p + h d) - loss(p - h d)) / 2h   should equal   <grads[p], d>,
+    which tests every entry of the tensor's gradient with two forward passes
+    instead of two per entry. Returns name -> relative error.
+    """
+    rng = np.random.default_rng(seed)
+    errors = {}
+    for name, p in params.items():
+        d = rng.normal(size=p.shape)
+        original = p.copy()
+        try:
+            p[...] = original + h * d
+            plus = loss()
+            p[...] = original - h * d
+            minus = loss()
+        finally:
+            p[...] = original
+        errors[name] = rel_error(np.sum(grads[name] * d), (plus - minus) / (2.0 * h))
+    return errors

@@ -12,8 +12,9 @@ with a step of h = 1 and only the rounding of its outputs remains: 1e-10 or
 tighter. A nonlinear op (GELU, softmax, LayerNorm) needs a small step,
 h = 1e-6, whose difference quotient carries ~1e-10 of absolute noise; its
 worst relative error comes from the rare gradient entry that is itself tiny.
-Each tolerance sits 5-10x above the worst error measured over 1000 draws
-(benchmarks/gradcheck_report.py prints fresh measurements), and at least two
+Such entries are rare, so the worst error grows slowly with the number of
+draws; each tolerance sits above the worst of several thousand random draws
+(benchmarks/gradcheck_report.py prints fresh measurements) and at least two
 orders of magnitude below what a wrong term in a backward pass gives (1e-2 to 1).
 """
 
@@ -22,7 +23,7 @@ from functools import partial
 import numpy as np
 import strategies as S
 from gradcheck import STEP, TOLERANCE, check_layer
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tinyvit import layers
@@ -52,7 +53,7 @@ def test_linear_backward_matches_finite_differences(data):
 
     x @ W + b is linear in each of x, W and b on its own, so the difference
     quotient has no truncation error and h = 1 leaves only the rounding of the
-    outputs (~eps * |out|). Measured worst: ~4e-12, on gradient entries a few
+    outputs (~eps * |out|). Measured worst: ~7e-12, on gradient entries a few
     hundred times smaller than the outputs they are summed from.
     """
     B, N = data.draw(S.batch), data.draw(S.tokens)
@@ -74,7 +75,7 @@ def test_gelu_backward_matches_finite_differences(data):
     error, largest where the derivative is small: it crosses zero near x = -0.75
     and fades in the negative tail. Inputs stay in [-4, 4]: further out the erf
     form loses the digits the difference needs (1 + erf(x / sqrt 2) cancels).
-    Measured worst over 1000 draws: ~9e-7.
+    Measured worst over 3000 draws: ~2e-6.
     """
     shape = data.draw(st.tuples(S.batch, S.tokens, S.width))
     x = data.draw(S.generic_arrays(shape, -4.0, 4.0))
@@ -83,11 +84,13 @@ def test_gelu_backward_matches_finite_differences(data):
 
 @given(data=st.data())
 def test_linear_gelu_backward_matches_finite_differences(data):
-    """linear_gelu_backward gives dx, dweight, dbias of gelu(x @ W + b). Tolerance 1e-5, step h = 1e-6.
+    """linear_gelu_backward gives dx, dweight, dbias of gelu(x @ W + b). Tolerance 3e-4, step h = 1e-6.
 
     The weights are scaled by 1 / d_in so the pre-activations stay in [-2, 2],
-    where GELU's derivative is not vanishingly small (see the GELU test).
-    Measured worst over 1000 draws: ~1e-6.
+    away from GELU's far negative tail (see the GELU test). The worst entries
+    are those of units near z = -0.75, where GELU's slope, and so every
+    gradient through that unit, passes through zero. Measured worst over 3000
+    draws: 5e-5 to 8e-5.
     """
     B, N = data.draw(S.batch), data.draw(S.tokens)
     d_in, d_out = data.draw(S.width), data.draw(S.width)
@@ -102,10 +105,11 @@ def test_linear_gelu_backward_matches_finite_differences(data):
 
 @given(data=st.data())
 def test_embed_backward_matches_finite_differences(data):
-    """embed_backward: dx is dout without row 0; dcls and dpos sum over the batch. Tolerance 1e-12, step h = 1.
+    """embed_backward: dx is dout without row 0; dcls and dpos sum over the batch. Tolerance 1e-10, step h = 1.
 
     Prepending the class token and adding the position embedding are linear, so
-    only the rounding of the additions remains. Hypothesis picks the values.
+    only the rounding of the additions remains (measured worst ~6e-13, where a
+    batch sum of dout nearly cancels). Hypothesis picks the values.
     """
     B, N, D = data.draw(S.batch), data.draw(S.tokens), data.draw(S.width)
     x = data.draw(S.float_arrays((B, N - 1, D)))
@@ -130,13 +134,13 @@ def test_class_token_backward_matches_finite_differences(data):
 
 @given(data=st.data())
 def test_layernorm_backward_matches_finite_differences(data):
-    """layernorm_backward gives dx, dweight, dbias. Tolerance 1e-5, step h = 1e-6.
+    """layernorm_backward gives dx, dweight, dbias. Tolerance 1e-4, step h = 1e-6.
 
     The worst entries are those of dx that the normalisation nearly cancels:
     moving an entry that is far from the rest of its row mostly rescales the
     row, which LayerNorm undoes. Widths start at 3: with D = 2 the output is
     +-1 up to eps for any row, so every dx entry is that kind (~1e-8).
-    Measured worst over 1000 draws: ~2e-6.
+    Measured worst over 3000 draws: ~1e-5.
     """
     B, N, D = data.draw(S.batch), data.draw(S.tokens), data.draw(st.integers(3, 8))
     x = data.draw(S.generic_arrays((B, N, D)))
@@ -149,15 +153,14 @@ def test_layernorm_backward_matches_finite_differences(data):
 
 
 @given(data=st.data())
-@settings(max_examples=20)
 def test_attention_backward_matches_finite_differences(data):
-    """attention_backward gives dqkv through softmax(q k^T / sqrt(Dh)) v, for every head. Tolerance 1e-4, h = 1e-6.
+    """attention_backward gives dqkv through softmax(q k^T / sqrt(Dh)) v, for every head. Tolerance 3e-4, h = 1e-6.
 
     The loosest bound here: dq and dk come through the softmax Jacobian, whose
     terms cancel for keys the softmax nearly ignores, leaving entries 1e-5 of
     their neighbours; the ~1e-10 noise of the difference is 1e-5 of those.
-    Measured worst over 1000 draws: ~2e-5 (an entry of 2.5e-6 next to a median
-    of 0.2). A wrong term in backward gives errors of 1e-2 or more.
+    Measured worst over 1000-3000 draws: 4e-5 to 7e-5 (an entry of ~1e-6 next
+    to a median of 0.2). A wrong term in backward gives errors of 1e-2 or more.
     """
     B, N = data.draw(S.batch), data.draw(S.tokens)
     heads, D = data.draw(S.heads_and_width())
@@ -176,7 +179,7 @@ def test_cross_entropy_backward_matches_finite_differences(data, smooth):
     difference quotient carries ~2e-10 of noise; an entry of dlogits is tiny
     when a class's probability nearly equals its target (a class the model all
     but rules out, or, with smoothing, one whose probability is close to s / K).
-    Measured worst over 1000 draws: ~1.5e-5. The labels carry no gradient.
+    Measured worst over 3000 draws: ~2e-5. The labels carry no gradient.
     """
     B, K = data.draw(S.batch), data.draw(S.classes)
     logits = data.draw(S.generic_arrays((B, K), -4.0, 4.0))

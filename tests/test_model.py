@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 import pytest
-from gradcheck import STEP, TOLERANCE, rel_error
+from gradcheck import STEP, TOLERANCE, directional_errors, rel_error
 from scipy.special import erfc
 
 from tinyvit import PRESETS, ViT, ViTConfig, get_preset
@@ -73,21 +73,11 @@ def test_model_gradients_match_finite_differences_along_random_directions():
     model = _perturbed_model()
     images, labels = _batch(TESTING)
     _, grads = model.loss_and_grads(images, labels, label_smoothing=0.1)
-    h, rng = STEP["model"], np.random.default_rng(2)
 
     def loss():
         return model.loss_and_grads(images, labels, label_smoothing=0.1)[0]
 
-    errors = {}
-    for name, p in model.params.items():
-        d = rng.normal(size=p.shape)
-        original = p.copy()
-        p[...] = original + h * d
-        plus = loss()
-        p[...] = original - h * d
-        minus = loss()
-        p[...] = original
-        errors[name] = rel_error(np.sum(grads[name] * d), (plus - minus) / (2 * h))
+    errors = directional_errors(loss, model.params, grads, h=STEP["model"], seed=2)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= TOLERANCE["model"], f"{worst}: relative error {errors[worst]:.2e}; all: {errors}"
 
