@@ -6,6 +6,7 @@ Input is the output of the qkv linear layer, (B, N, 3D), whose columns are
 and the heads are laid side by side again to give (B, N, D).
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -40,7 +41,7 @@ class AttentionCache(NamedTuple):
 def attention_forward(qkv, heads):
     """qkv (B, N, 3D) -> out (B, N, D). cache.probs is (B, H, N, N)."""
     q, k, v = split_heads(qkv, heads)
-    scale = 1.0 / np.sqrt(q.shape[-1])
+    scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float keeps float32 arrays float32
     scores = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, H, N, N)
     probs = softmax(scores).astype(qkv.dtype, copy=False)
     out = merge_heads(probs @ v)  # (B, N, D)
@@ -58,7 +59,7 @@ def attention_backward(dout, cache):
     qkv, probs, heads = cache
     q, k, v = split_heads(qkv, heads)
     B, N, D = dout.shape
-    scale = 1.0 / np.sqrt(q.shape[-1])
+    scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float keeps float32 arrays float32
     dout_h = dout.reshape(B, N, heads, D // heads).transpose(0, 2, 1, 3)  # (B, H, N, Dh)
     dprobs = dout_h @ v.transpose(0, 1, 3, 2)  # (B, H, N, N)
     dv = probs.transpose(0, 1, 3, 2) @ dout_h  # (B, H, N, Dh)

@@ -1,5 +1,8 @@
 """GELU, the exact erf form: gelu(x) = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)).
 
+Phi is computed as 0.5 * erfc(-x / sqrt 2), the same value, without the
+cancellation of 1 + erf(...) in the far negative tail.
+
 Also the fused linear + GELU used by each block's fc1, written here as the
 plain composition of the two layers; fast backends fuse the bias add and GELU
 into one pass over memory.
@@ -9,7 +12,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from scipy.special import erf
+from scipy.special import erfc
 
 from .linear import linear_backward, linear_forward
 
@@ -23,14 +26,14 @@ class GeluCache(NamedTuple):
 
 def gelu_forward(x):
     """Elementwise, any shape."""
-    out = 0.5 * x * (1.0 + erf(x * _INV_SQRT2))
+    out = x * (0.5 * erfc(-x * _INV_SQRT2))
     return out.astype(x.dtype, copy=False), GeluCache(x)
 
 
 def gelu_backward(dout, cache):
     """d gelu / dx = Phi(x) + x phi(x): the Gaussian CDF plus x times its density."""
     x = cache.x
-    cdf = 0.5 * (1.0 + erf(x * _INV_SQRT2))
+    cdf = 0.5 * erfc(-x * _INV_SQRT2)
     pdf = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
     return (dout * (cdf + x * pdf)).astype(x.dtype, copy=False)
 
