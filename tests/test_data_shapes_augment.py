@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from tinyvit import ViT, get_preset
-from tinyvit.data import Dataset, augment_batch, channel_stats, load_dataset, normalize
+from tinyvit.data import (
+    Dataset,
+    augment_batch,
+    channel_stats,
+    default_data_dir,
+    load_dataset,
+    normalize,
+)
 from tinyvit.data.shapes import CLASS_NAMES, make_shapes
 from tinyvit.optim import AdamW
 
@@ -66,6 +73,17 @@ def test_tiny_vit_learns_shapes_well_above_chance():
 
 
 # ---------------------------------------------------------------- Dataset
+
+
+def test_data_dir_defaults_to_TINYVIT_DATA_then_the_user_cache(tmp_path, monkeypatch):
+    """data_dir=None means $TINYVIT_DATA when set, else ~/.cache/tinyvit; load_dataset looks there."""
+    monkeypatch.delenv("TINYVIT_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_data_dir() == tmp_path / "home" / ".cache" / "tinyvit"
+    monkeypatch.setenv("TINYVIT_DATA", str(tmp_path / "elsewhere"))
+    assert default_data_dir() == tmp_path / "elsewhere"
+    with pytest.raises(ValueError, match=f"CIFAR-10 not found in {tmp_path / 'elsewhere'}"):
+        load_dataset("cifar10", data_dir=None, download=False)
 
 
 def test_channel_stats_match_a_float64_computation():
