@@ -96,7 +96,7 @@ def safe_unpickle(data: bytes, source: str):
     try:
         return RestrictedUnpickler(io.BytesIO(data), source).load()
     except ValueError as e:
-        if str(e).startswith("refusing"):
+        if str(e).startswith("refusing to unpickle"):  # find_class's refusal already names the file
             raise
         raise ValueError(f"{source} is not a readable CIFAR-10 pickle: {e}") from e
     except Exception as e:
