@@ -27,7 +27,10 @@ import sys
 import time
 from collections import defaultdict
 
+# isort: off
+import tinyvit  # noqa: F401  (first: it keeps OpenBLAS's idle threads from spinning, before NumPy loads it)
 import numpy as np
+# isort: on
 
 from tinyvit.backend import Backend, get_backend
 from tinyvit.config import get_preset

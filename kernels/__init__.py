@@ -9,8 +9,6 @@ numba CPU kernels, each module a version of one NumPy specification in tinyvit.l
     numba_patchify    patchify and its inverse
     numba_loss        softmax cross-entropy with label smoothing
     numba_adamw       AdamW in place, the global gradient norm, clipping
-    numba_threads     one thread count for numba and BLAS; sleeping idle OpenMP threads
+    numba_threads     one thread count for numba and BLAS (tinyvit.threads)
     numba_backend     the Backend that gathers them
 """
-
-from . import numba_threads  # noqa: F401  (sets OMP_WAIT_POLICY before numba's OpenMP pool starts)

@@ -1,5 +1,6 @@
 """The optimiser: AdamW's update rule, decay groups, the schedule and gradient clipping."""
 
+import itertools
 import math
 
 import numpy as np
@@ -41,7 +42,7 @@ def test_schedule_warms_up_linearly_then_follows_a_cosine_down_to_min_lr():
     assert lr_at(60, 1.0, 10, 110, min_lr=0.0) == pytest.approx(0.5)  # halfway through the cosine
     assert lr_at(110, 1.0, 10, 110, min_lr=0.01) == pytest.approx(0.01)
     lrs = [lr_at(s, 1.0, 10, 110) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:])), "the cosine part never increases"
+    assert all(a >= b for a, b in itertools.pairwise(lrs)), "the cosine part never increases"
 
 
 def test_clipping_scales_the_global_norm_down_to_the_limit_and_leaves_small_gradients_alone():

@@ -4,6 +4,10 @@
     model = ViT(ViTConfig(), seed=0, dtype=np.float32, backend="numpy")
 """
 
+from .threads import quiet_pools
+
+quiet_pools()  # before NumPy loads OpenBLAS (see tinyvit/threads.py)
+
 from .backend import Backend, default_backend, get_backend, register_backend
 from .config import PRESETS, ViTConfig, get_preset
 from .model import ViT, count_params, init_params, param_shapes
@@ -11,7 +15,15 @@ from .model import ViT, count_params, init_params, param_shapes
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backend", "default_backend", "get_backend", "register_backend",
-    "PRESETS", "ViTConfig", "get_preset",
-    "ViT", "count_params", "init_params", "param_shapes",
+    "PRESETS",
+    "Backend",
+    "ViT",
+    "ViTConfig",
+    "count_params",
+    "default_backend",
+    "get_backend",
+    "get_preset",
+    "init_params",
+    "param_shapes",
+    "register_backend",
 ]

@@ -15,8 +15,8 @@ device arrays for `cuda`); `asarray` and `to_numpy` cross that boundary.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -112,11 +112,11 @@ def is_available(name: str) -> bool:
 
             if _simulating() or not cuda.is_available():
                 return False
-        except Exception:
+        except ImportError:
             return False
     try:
         get_backend(name)
-    except Exception:
+    except (RuntimeError, ValueError, TypeError):  # not installed, or not a usable backend
         return False
     return True
 

@@ -80,9 +80,7 @@ def init_params(cfg: ViTConfig, seed: int = 0, dtype=np.float32) -> dict[str, np
             value = rng.normal(0.0, 1.0 / math.sqrt(cfg.patch_dim), size=shape)
         elif name == "pos_embed":
             value = rng.normal(0.0, 0.02, size=shape)
-        elif name.endswith("attn.qkv.weight"):
-            value = xavier(D, D, shape)
-        elif name.endswith("attn.proj.weight"):
+        elif name.endswith(("attn.qkv.weight", "attn.proj.weight")):
             value = xavier(D, D, shape)
         elif name.endswith("mlp.fc1.weight"):
             value = xavier(D, M, shape)
@@ -90,7 +88,7 @@ def init_params(cfg: ViTConfig, seed: int = 0, dtype=np.float32) -> dict[str, np
             value = xavier(M, D, shape)
         elif name.endswith(("mlp.fc1.bias", "mlp.fc2.bias")):
             value = rng.normal(0.0, 1e-6, size=shape)
-        elif name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight":
+        elif name.endswith(("norm1.weight", "norm2.weight")) or name == "norm.weight":
             value = np.ones(shape)
         else:  # the other biases, cls_token, head
             value = np.zeros(shape)

@@ -21,7 +21,7 @@ def resize_pos_embed(pos_embed: np.ndarray, new_grid: int) -> np.ndarray:
 
     Bilinear (order 1) zoom as in google-research/vision_transformer's checkpoint loader."""
     n, D = pos_embed.shape
-    g = int(round((n - 1) ** 0.5))
+    g = round((n - 1) ** 0.5)
     if g * g != n - 1:
         raise ValueError(f"pos_embed has {n - 1} patch rows, expected a square grid")
     if new_grid == g:

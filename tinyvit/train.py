@@ -176,7 +176,7 @@ def train(args) -> dict:
     if steps_per_epoch < 1:
         raise ValueError(f"--batch-size {args.batch_size} is larger than the training set ({n_train} images)")
     total_steps = args.epochs * steps_per_epoch
-    warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
+    warmup_steps = round(args.warmup_epochs * steps_per_epoch)
     mean, std = ds.mean, ds.std
 
     def make_model(size, params):

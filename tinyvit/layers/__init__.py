@@ -6,7 +6,12 @@ writes into its inputs. Faster backends are checked against these.
 """
 
 from .attention import attention_backward, attention_forward, softmax
-from .embed import class_token_backward, class_token_forward, embed_backward, embed_forward
+from .embed import (
+    class_token_backward,
+    class_token_forward,
+    embed_backward,
+    embed_forward,
+)
 from .gelu import gelu_backward, gelu_forward, linear_gelu_backward, linear_gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
@@ -14,11 +19,24 @@ from .loss import cross_entropy_backward, cross_entropy_forward
 from .patchify import patchify, patchify_backward, unpatchify
 
 __all__ = [
-    "attention_backward", "attention_forward", "softmax",
-    "class_token_backward", "class_token_forward", "embed_backward", "embed_forward",
-    "gelu_backward", "gelu_forward", "linear_gelu_backward", "linear_gelu_forward",
-    "layernorm_backward", "layernorm_forward",
-    "linear_backward", "linear_forward",
-    "cross_entropy_backward", "cross_entropy_forward",
-    "patchify", "patchify_backward", "unpatchify",
+    "attention_backward",
+    "attention_forward",
+    "class_token_backward",
+    "class_token_forward",
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "embed_backward",
+    "embed_forward",
+    "gelu_backward",
+    "gelu_forward",
+    "layernorm_backward",
+    "layernorm_forward",
+    "linear_backward",
+    "linear_forward",
+    "linear_gelu_backward",
+    "linear_gelu_forward",
+    "patchify",
+    "patchify_backward",
+    "softmax",
+    "unpatchify",
 ]
