@@ -104,7 +104,7 @@ def test_linear_gelu_matches_reference(seed, dtype, rows, fin, m):
 
 
 def test_float32_gelu_error_is_within_the_documented_bound():
-    """gelu and gelu' in float32 (rational erf) stay within 2e-7 (1 + |z|) of the exact float64 values,
+    """gelu and gelu' in float32 (rational erf, float32 arithmetic) stay within 1e-6 (1 + |z|) of the exact values,
     on a dense grid over [-8, 8] that includes the clamp at |z / sqrt 2| = 4."""
     z = np.linspace(-8.0, 8.0, 20001).astype(np.float32)
     one_row = z.reshape(1, -1)
@@ -113,7 +113,7 @@ def test_float32_gelu_error_is_within_the_documented_bound():
     _, _, dz = numba_gelu.linear_gelu_backward(np.ones_like(one_row), cache)  # dbias = gelu'(z)
     ref, ref_cache = layers.gelu_forward(z.astype(np.float64))
     ref_grad = layers.gelu_backward(np.ones_like(ref), ref_cache)
-    bound = 2e-7 * (1.0 + np.abs(z.astype(np.float64)))
+    bound = 1e-6 * (1.0 + np.abs(z.astype(np.float64)))
     assert np.all(np.abs(out[0] - ref) <= bound), f"gelu error up to {np.max(np.abs(out[0] - ref)):.3g}"
     assert np.all(np.abs(dz - ref_grad) <= bound), f"gelu' error up to {np.max(np.abs(dz - ref_grad)):.3g}"
 
