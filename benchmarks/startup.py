@@ -1,0 +1,53 @@
+"""Cold and warm start of the `numba` backend: a fresh process, to the end of its first training step.
+
+    python benchmarks/startup.py
+
+Cold: an empty NUMBA_CACHE_DIR, so every kernel the step needs is compiled.
+Warm: the same cache, now filled (`cache=True` on every kernel), so they load.
+Each run is a new Python process that imports tinyvit, builds the cifar-small
+model and runs one forward + backward + AdamW step on a batch of 8; the time is
+wall-clock from just before the process starts to the end of that step.
+Targets: cold under 30 s, warm under 3 s.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+STEP = """
+import numpy as np
+from tinyvit import ViT, get_preset
+from tinyvit.optim import AdamW
+model = ViT(get_preset("cifar-small"), backend="numba")
+rng = np.random.default_rng(0)
+loss, grads = model.loss_and_grads(rng.random((8, 32, 32, 3), np.float32), rng.integers(0, 10, 8))
+AdamW(model).step(grads)
+"""
+
+
+def timed_run(cache_dir: str) -> float:
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", STEP], env=env, check=True)
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--warm-runs", type=int, default=3, help="warm starts to time (the fastest is reported)")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tinyvit-numba-cache-") as cache:
+        cold = timed_run(cache)
+        warm = min(timed_run(cache) for _ in range(args.warm_runs))
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    print(f"cold start (empty numba cache): {cold:.1f} s   (target < 30 s)")
+    print(f"warm start (cache filled):      {warm:.2f} s   (target < 3 s)")
+    print(f"load average after: {load}")
+
+
+if __name__ == "__main__":
+    main()
