@@ -8,6 +8,7 @@ the marker shows the resolution the model was training at. Needs matplotlib
 """
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -32,9 +33,10 @@ def main(argv=None):
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     minutes = [r["elapsed_min"] for r in rows]
     ax.plot(minutes, [100 * r["test_acc"] for r in rows], color="tab:blue", lw=1.5, label="test accuracy")
-    ax.plot(minutes, [100 * r["train_acc"] for r in rows], color="tab:orange", lw=1.0, ls="--",
-            label="train accuracy (augmented, during the epoch)")  # fmt: skip
-    for size, marker in zip(sorted({r["image_size"] for r in rows}), "os^Dv"):
+    trained = [r for r in rows if r["train_acc"] is not None]  # an epoch stopped before its first step has none
+    ax.plot([r["elapsed_min"] for r in trained], [100 * r["train_acc"] for r in trained], color="tab:orange",
+            lw=1.0, ls="--", label="train accuracy (augmented, during the epoch)")  # fmt: skip
+    for size, marker in zip(sorted({r["image_size"] for r in rows}), itertools.cycle("os^Dvp")):
         pts = [r for r in rows if r["image_size"] == size]
         ax.scatter([r["elapsed_min"] for r in pts], [100 * r["test_acc"] for r in pts], marker=marker,
                    color="tab:blue", zorder=3, label=f"training at {size} px")  # fmt: skip

@@ -37,7 +37,7 @@ def _bias_gelu_kernel(h, bias, out):
     if i < h.size:
         z = h[i] + bias[i % bias.size]
         h[i] = z
-        out[i] = 0.5 * z * (1.0 + math.erf(z * _INV_SQRT2))
+        out[i] = z * (0.5 * math.erfc(-z * _INV_SQRT2))  # erfc: no cancellation for z << 0
 
 
 @cuda.jit
@@ -46,7 +46,7 @@ def _gelu_backward_kernel(dout, pre, dpre):
     i = cuda.grid(1)
     if i < pre.size:
         z = pre[i]
-        cdf = 0.5 * (1.0 + math.erf(z * _INV_SQRT2))
+        cdf = 0.5 * math.erfc(-z * _INV_SQRT2)
         pdf = _INV_SQRT_2PI * math.exp(-0.5 * z * z)
         dpre[i] = dout[i] * (cdf + z * pdf)
 

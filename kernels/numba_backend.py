@@ -11,6 +11,7 @@ and the BLAS pool, so the two never oversubscribe the cores.
 
 import numpy as np
 
+from tinyvit import layers
 from tinyvit.backend import Backend
 
 from . import (
@@ -48,8 +49,8 @@ BACKEND = Backend(
     attention_forward=numba_attention.attention_forward,
     attention_backward=numba_attention.attention_backward,
     attention_probs=lambda cache: cache.probs,
-    class_token_forward=numba_embed.class_token_forward,
-    class_token_backward=numba_embed.class_token_backward,
+    class_token_forward=layers.class_token_forward,
+    class_token_backward=layers.class_token_backward,
     cross_entropy_forward=numba_loss.cross_entropy_forward,
     cross_entropy_backward=numba_loss.cross_entropy_backward,
     adamw_update=numba_adamw.adamw_update,

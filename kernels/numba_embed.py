@@ -95,18 +95,5 @@ def embed_backward(dout, cache):
     return dx, dpos[0].copy(), dpos
 
 
-class ClassTokenCache(NamedTuple):
-    num_tokens: int
-
-
-def class_token_forward(x):
-    """x (B, N, D) -> the class token's row (B, D), which the head reads."""
-    return np.ascontiguousarray(x[:, 0]), ClassTokenCache(x.shape[1])
-
-
-def class_token_backward(dout, cache):
-    """dout (B, D) -> dx (B, N, D): zero everywhere but row 0."""
-    B, D = dout.shape
-    dx = np.zeros((B, cache.num_tokens, D), dtype=dout.dtype)
-    dx[:, 0] = dout
-    return dx
+# class_token_forward / class_token_backward: the specification (tinyvit.layers.embed) is already one
+# strided copy each way, so the numba backend uses it as it is.

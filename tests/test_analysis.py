@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from tinyvit import ViT, get_preset
-from tinyvit.analysis import class_attention_maps, mean_attention_distance, patch_centres, pos_embed_similarity
+from tinyvit.analysis import (
+    class_attention_maps,
+    mean_attention_distance,
+    patch_centres,
+    pos_embed_similarity,
+)
 
 
 def attention_with_patch_rows(patch_rows, batch=2, heads=3):

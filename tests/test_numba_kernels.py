@@ -24,6 +24,7 @@ from kernels import (
     numba_patchify,
 )
 from tinyvit import layers, optim
+from tinyvit.backend import get_backend
 
 # float32 kernel vs the float64 reference, max |error| / max |reference| per output array.
 # Sums over <= 64 terms in float32 keep ~1e-6 relative; 2e-5 leaves room for the worst draws.
@@ -160,15 +161,16 @@ def test_attention_matches_reference(seed, dtype, batch, n, heads, dh, scale):
 
 @given(seed=seeds, dtype=dtypes, batch=small, n=small, d=small)
 def test_embed_class_token_and_add_match_reference(seed, dtype, batch, n, d):
-    """Class token + position embedding, the class-token read-out and the residual add."""
+    """Class token + position embedding, the class-token read-out (the backend's) and the residual add."""
     rng = np.random.default_rng(seed)
     x, cls, pos = draw(rng, (batch, n, d), dtype), draw(rng, (d,), dtype), draw(rng, (n + 1, d), dtype)
     dout, dcls_row = draw(rng, (batch, n + 1, d), dtype), draw(rng, (batch, d), dtype)
     before = snapshot(x, cls, pos, dout, dcls_row)
     out, cache = numba_embed.embed_forward(x, cls, pos)
     grads = numba_embed.embed_backward(dout, cache)
-    row, row_cache = numba_embed.class_token_forward(out)
-    drow = numba_embed.class_token_backward(dcls_row, row_cache)
+    numba_backend = get_backend("numba")
+    row, row_cache = numba_backend.class_token_forward(out)
+    drow = numba_backend.class_token_backward(dcls_row, row_cache)
     total = numba_embed.add(out, dout)
     assert_unchanged(before, [x, cls, pos, dout, dcls_row])
     x64, c64, p64, d64, r64 = reference_inputs(x, cls, pos, dout, dcls_row)

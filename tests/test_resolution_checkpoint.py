@@ -7,7 +7,7 @@ import pytest
 
 from tinyvit import ViT, get_preset
 from tinyvit.checkpoint import load_checkpoint, save_checkpoint
-from tinyvit.resolution import params_at_resolution, resize_images, resize_pos_embed
+from tinyvit.resolution import params_at_resolution, resize_pos_embed
 
 
 def test_resizing_pos_embed_keeps_the_class_row_and_a_constant_grid_stays_constant():
@@ -36,13 +36,6 @@ def test_a_model_moved_to_a_new_resolution_accepts_images_of_that_size():
     big = ViT(new_cfg, dtype=np.float64, params=params)
     assert big.params["pos_embed"].shape == (10, cfg.dim)
     assert big.forward(np.zeros((2, 12, 12, 3))).shape == (2, cfg.num_classes)
-
-
-def test_resize_images_keeps_dtype_and_a_flat_image_stays_flat():
-    imgs = np.full((3, 8, 8, 3), 200, np.uint8)
-    out = resize_images(imgs, 12)
-    assert out.shape == (3, 12, 12, 3) and out.dtype == np.uint8
-    assert np.all(out == 200)
 
 
 def test_checkpoint_round_trip_restores_parameters_config_and_state(tmp_path):

@@ -111,10 +111,33 @@ def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_exits_cleanly(tmp_path,
     assert ck.state["step"] == 3 and ck.state["batch"] == 3
 
 
-def test_max_minutes_stops_after_the_time_is_up_then_evaluates_and_saves(tmp_path):
+def test_max_minutes_stops_when_the_time_is_up_then_evaluates_and_saves(tmp_path):
+    """The limit is checked before every step: with no time at all, no step runs, and the
+    (untrained) model is still evaluated and saved."""
     summary = run(tmp_path, "--epochs", "50", "--max-minutes", "0")
-    assert summary["steps"] == 1 and "max-minutes" in summary["stopped"] and summary["test_acc"] is not None
-    assert load_checkpoint(tmp_path / "run" / "checkpoint.npz").state["step"] == 1
+    assert summary["steps"] == 0 and "max-minutes" in summary["stopped"] and summary["test_acc"] is not None
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.npz").state["step"] == 0
+
+
+def test_max_steps_is_exact_across_a_resume(tmp_path):
+    """Stop at 2 steps, resume with the limit at 3: exactly one more step runs."""
+    run(tmp_path, "--epochs", "3", "--max-steps", "2")
+    main(["--out", str(tmp_path / "run"), "--resume", "--no-progress", "--max-steps", "3"])
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.npz").state["step"] == 3
+
+
+def test_resuming_a_finished_run_is_a_clear_error_that_keeps_its_files(tmp_path):
+    run(tmp_path, "--epochs", "1")
+    summary = (tmp_path / "run" / "summary.json").read_text()
+    with pytest.raises(SystemExit, match="finished run"):
+        main(["--out", str(tmp_path / "run"), "--resume", "--no-progress"])
+    assert (tmp_path / "run" / "summary.json").read_text() == summary
+
+
+def test_resume_refuses_options_that_differ_from_the_saved_run(tmp_path):
+    run(tmp_path, "--epochs", "2", "--max-steps", "1")
+    with pytest.raises(SystemExit, match="--epochs"):
+        main(["--out", str(tmp_path / "run"), "--resume", "--epochs", "30", "--no-progress"])
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -124,6 +147,8 @@ def test_max_minutes_stops_after_the_time_is_up_then_evaluates_and_saves(tmp_pat
     (["--progressive", "8"], "SIZE:EPOCHS"),
     (["--batch-size", "1000"], "larger than the training set"),
     (["--heads", "3"], "heads 3 must divide dim 8"),
+    (["--clip-norm", "-1"], "--clip-norm must be >= 0"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be >= 0"),
 ])  # fmt: skip
 def test_bad_options_are_clear_errors_and_write_nothing(tmp_path, flags, message):
     with pytest.raises((ValueError, SystemExit), match=message):

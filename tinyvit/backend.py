@@ -52,7 +52,7 @@ class Backend:
     scale_: Callable  # (list of arrays, factor) -> None, in place (gradient clipping)
     # -- optional: set the thread count of this backend's pools
     set_threads: Callable = lambda n: None
-    # -- optional: prepare device state; `cuda` uses it to keep everything resident
+    # -- optional: wait for queued device work (for timing); `cuda` waits for the GPU
     synchronize: Callable = lambda: None
 
     def __post_init__(self):

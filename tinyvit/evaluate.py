@@ -13,6 +13,7 @@ import numpy as np
 
 from .backend import backend_names, default_backend
 from .checkpoint import load_checkpoint
+from .layers import cross_entropy_forward
 from .model import ViT
 
 
@@ -20,14 +21,15 @@ def evaluate_arrays(model, images, labels, mean, std, batch_size=256, progress=N
     """Mean loss, accuracy and predictions of `model` on uint8 images (B, H, W, C)."""
     from .data import normalize
 
+    if len(labels) == 0:
+        raise ValueError("there are no images to evaluate")
     total_loss, preds = 0.0, np.empty(len(labels), dtype=np.int64)
     for start in range(0, len(labels), batch_size):
         x = normalize(images[start : start + batch_size], mean, std, dtype=model.dtype)
         y = labels[start : start + batch_size]
         logits = model.forward(x).astype(np.float64)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        total_loss += -log_probs[np.arange(len(y)), y].sum()
+        loss, _ = cross_entropy_forward(logits, y)  # the mean over this batch, without smoothing
+        total_loss += loss * len(y)
         preds[start : start + len(y)] = logits.argmax(axis=1)
         if progress is not None:
             progress.update(len(y))
@@ -67,7 +69,7 @@ def format_report(class_names, labels, preds) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tinyvit.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="a .npz checkpoint written by tinyvit.train")
-    p.add_argument("--data", default="cifar10", help="cifar10, shapes or folder:PATH (default: cifar10)")
+    p.add_argument("--data", default=None, help="cifar10, shapes or folder:PATH (default: the data it was trained on)")
     p.add_argument("--data-dir", default=None, help="where datasets live (default: $TINYVIT_DATA or ~/.cache/tinyvit)")
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--batch-size", type=int, default=256)
@@ -80,7 +82,7 @@ def main(argv=None):
 
     try:
         model, ck = model_from_checkpoint(args.checkpoint, args.backend)
-        ds = load_dataset(args.data, data_dir=args.data_dir, image_size=ck.cfg.image_size, seed=ck.state.get("seed", 0))
+        ds = load_dataset(args.data or ck.state.get("data", "cifar10"), data_dir=args.data_dir, image_size=ck.cfg.image_size, seed=ck.state.get("seed", 0))
     except ValueError as e:
         sys.exit(f"error: {e}")
     images, labels = (ds.test_images, ds.test_labels) if args.split == "test" else (ds.train_images, ds.train_labels)

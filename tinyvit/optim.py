@@ -94,7 +94,7 @@ class AdamW:
     def step(self, grads, lr=None) -> float:
         """Clip, then update every parameter in place. Returns the gradient norm before clipping.
 
-        A non-finite gradient norm raises FloatingPointError before anything is changed."""
+        A non-finite gradient norm raises FloatingPointError before any parameter or moment changes."""
         norm = self.clip(grads)
         if not math.isfinite(norm):
             raise FloatingPointError(f"gradient norm is {norm}; no parameter was updated")

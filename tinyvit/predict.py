@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .backend import backend_names
 from .evaluate import model_from_checkpoint
+from .layers import softmax
 
 
 def load_image(path, size: int) -> np.ndarray:
@@ -28,9 +29,7 @@ def predict(model, images_uint8, mean, std, top=5):
     """[(class index, probability), ...] top-`top` per image, most likely first."""
     from .data import normalize
 
-    logits = model.forward(normalize(images_uint8, mean, std, dtype=model.dtype)).astype(np.float64)
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    probs = softmax(model.forward(normalize(images_uint8, mean, std, dtype=model.dtype)).astype(np.float64))
     order = np.argsort(-probs, axis=1)[:, :top]
     return [[(int(k), float(p[k])) for k in row] for row, p in zip(order, probs)]
 
@@ -48,6 +47,8 @@ def main(argv=None):
     except ValueError as e:
         sys.exit(f"error: {e}")
     names = ck.state.get("class_names") or [str(k) for k in range(ck.cfg.num_classes)]
+    if "mean" not in ck.state or "std" not in ck.state:
+        sys.exit(f"error: {args.checkpoint} holds no normalisation statistics (mean, std): not written by tinyvit.train")
     mean, std = np.asarray(ck.state["mean"], np.float32), np.asarray(ck.state["std"], np.float32)
     for path, top in zip(args.images, predict(model, images, mean, std, min(args.top, len(names)))):
         print(path)

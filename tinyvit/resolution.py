@@ -1,16 +1,16 @@
-"""Changing a model's resolution: interpolate the position embedding, resize images.
+"""Changing a model's resolution: interpolate the position embedding to a new grid.
 
 The paper fine-tunes at a higher resolution than it pre-trains (section 3.2):
 the patch size stays, so the grid of patches grows, and the learned position
 embedding of the old grid is interpolated in 2-D to the new grid. The class
 token's row has no place on the grid and is kept as it is. The trainer uses the
-same step for progressive resolution: train small, then grow.
+same step for progressive resolution: train small, then grow (the images are
+resized by tinyvit.data.base.resize_images).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 from .config import ViTConfig
@@ -38,14 +38,3 @@ def params_at_resolution(params: dict, cfg: ViTConfig, image_size: int) -> tuple
     out = dict(params)
     out["pos_embed"] = resize_pos_embed(np.asarray(params["pos_embed"]), new_cfg.grid_size)
     return new_cfg, out
-
-
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """(B, H, W, C) uint8 -> (B, size, size, C) uint8, antialiased (Pillow's bicubic)."""
-    if images.shape[1] == size and images.shape[2] == size:
-        return images
-    out = np.empty((images.shape[0], size, size, images.shape[3]), dtype=np.uint8)
-    for i, img in enumerate(images):
-        pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-        out[i] = np.asarray(pil.resize((size, size), Image.BICUBIC)).reshape(size, size, -1)
-    return out

@@ -13,6 +13,8 @@ speed of a step. So, unless the user has chosen otherwise:
   a program that imports NumPy before tinyvit should set it itself.
 - NUMBA_THREADING_LAYER=workqueue: numba's own simple pool, whose workers
   sleep between loops (the OpenMP layer's spin-wait has the same problem).
+  It runs one parallel loop at a time: a program that calls numba kernels from
+  several Python threads at once should choose another layer (omp or tbb).
 
 Measured on 2 cores, cifar-small training step: 67 images/s with both pools
 spinning, 145 with either fix alone, 181 with both (benchmarks/bench_cpu.py).
@@ -21,6 +23,7 @@ spinning, 145 with either fix alone, 181 with both (benchmarks/bench_cpu.py).
 from __future__ import annotations
 
 import os
+import sys
 
 
 def quiet_pools() -> None:
@@ -40,10 +43,7 @@ def set_threads(n: int | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     _limiter = threadpool_limits(limits=n)
-    try:
-        import numba
-
+    numba = sys.modules.get("numba")  # a numpy-backend run need not load numba at all
+    if numba is not None:
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
     return n

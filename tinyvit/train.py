@@ -30,10 +30,11 @@ import numpy as np
 from .backend import backend_names, default_backend, get_backend
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PRESETS, get_preset
+from .data.base import resize_images
 from .evaluate import evaluate_arrays
-from .model import ViT
+from .model import ViT, count_params
 from .optim import AdamW, lr_at
-from .resolution import params_at_resolution, resize_images
+from .resolution import params_at_resolution
 from .threads import set_threads
 
 MODEL_FLAGS = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim")
@@ -148,9 +149,16 @@ def train(args) -> dict:
     if args.resume:
         ck = load_checkpoint(ckpt_path)
         saved = ck.state["options"]
+        defaults = build_parser()
+        clash = sorted(k for k, v in saved.items() if getattr(args, k) not in (v, defaults.get_default(k)))
+        if clash:
+            raise ValueError(f"--resume continues with the options saved in {ckpt_path}; these differ from them: "
+                             + ", ".join(f"--{k.replace('_', '-')}" for k in clash))  # fmt: skip
         for k, v in saved.items():  # the run continues with the options it started with
             setattr(args, k, v)
         state.update({k: ck.state[k] for k in state})
+        if state["epoch"] >= args.epochs:
+            raise ValueError(f"{ckpt_path} is a finished run ({state['epoch']} of {args.epochs} epochs): nothing to resume")
     elif ckpt_path.exists():
         raise ValueError(f"{ckpt_path} already exists: pass --resume to continue it, or choose another --out")
 
@@ -165,11 +173,16 @@ def train(args) -> dict:
         raise ValueError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if args.lr <= 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
+    for name in ("clip_norm", "weight_decay", "warmup_epochs", "min_lr", "max_steps", "max_minutes"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
 
     backend = get_backend(args.backend or default_backend())
-    threads = set_threads(args.threads)
-    backend.set_threads(threads)
+    threads = set_threads(args.threads)  # BLAS and numba alike
     ds = load_dataset(args.data, data_dir=args.data_dir, image_size=final_size, seed=args.seed, progress=args.progress)
+    if len(ds.test_labels) == 0:
+        raise ValueError(f"dataset {args.data!r} has no test images; the trainer evaluates on them every epoch")
     cfg = base_cfg.replace(num_classes=len(ds.class_names))
     n_train = len(ds.train_labels)
     steps_per_epoch = n_train // args.batch_size
@@ -208,12 +221,23 @@ def train(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     metrics_file = out / "metrics.jsonl"
     print(f"tinyvit: {args.data} ({n_train} train / {len(ds.test_labels)} test), {cfg.depth} blocks of width {cfg.dim}, "
-          f"{model.num_params:,} parameters, backend {backend.name}, {threads} threads, {args.epochs} epochs "
+          f"{count_params(cfg):,} parameters, backend {backend.name}, {threads} threads, {args.epochs} epochs "
           f"of {steps_per_epoch} steps -> {out}", file=sys.stderr)  # fmt: skip
 
     start_time = time.perf_counter() - state["elapsed_s"]
     stop_reason = None
     last = {}
+
+    def should_stop():
+        """Why to stop before the next step, or None: checked before each step, so limits are exact."""
+        if stopper.requested:
+            return stopper.requested
+        if args.max_minutes is not None and time.perf_counter() - start_time >= 60 * args.max_minutes:
+            return f"--max-minutes {args.max_minutes} reached"
+        if args.max_steps is not None and state["step"] >= args.max_steps:
+            return f"--max-steps {args.max_steps} reached"
+        return None
+
     with Stopper() as stopper:
         while state["epoch"] < args.epochs and stop_reason is None:
             epoch = state["epoch"]
@@ -233,6 +257,9 @@ def train(args) -> dict:
             bar = tqdm(total=steps_per_epoch, initial=state["batch"], desc=f"epoch {epoch + 1}/{args.epochs} {size}px",
                        unit="step", disable=not args.progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
             for b in range(state["batch"], steps_per_epoch):
+                stop_reason = should_stop()
+                if stop_reason:
+                    break
                 idx = perm[b * args.batch_size : (b + 1) * args.batch_size]
                 batch = train_images[idx]
                 if args.augment:
@@ -258,14 +285,6 @@ def train(args) -> dict:
                 rate = seen / (time.perf_counter() - t_epoch)
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
                 bar.update(1)
-                if stopper.requested:
-                    stop_reason = stopper.requested
-                elif args.max_minutes is not None and time.perf_counter() - start_time > 60 * args.max_minutes:
-                    stop_reason = f"--max-minutes {args.max_minutes} reached"
-                elif args.max_steps is not None and state["step"] >= args.max_steps:
-                    stop_reason = f"--max-steps {args.max_steps} reached"
-                if stop_reason:
-                    break
             bar.close()
             train_time = time.perf_counter() - t_epoch
             if state["batch"] >= steps_per_epoch:
@@ -273,17 +292,18 @@ def train(args) -> dict:
             test_loss, test_acc, _ = evaluate_arrays(model, test_images, ds.test_labels, mean, std)
             state["elapsed_s"] = time.perf_counter() - start_time
             last = {"epoch": epoch + 1, "step": state["step"], "image_size": size, "lr": lr,
-                    "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                    "train_loss": loss_sum / seen if seen else None, "train_acc": correct / seen if seen else None,
                     "test_loss": test_loss, "test_acc": test_acc, "images_per_s": seen / max(train_time, 1e-9),
                     "elapsed_min": state["elapsed_s"] / 60, "partial_epoch": state["batch"] != 0}  # fmt: skip
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(last) + "\n")
             checkpoint()
-            print(f"epoch {epoch + 1}: train loss {last['train_loss']:.4f} acc {last['train_acc']:.4f} | "
-                  f"test loss {test_loss:.4f} acc {test_acc:.4f} | {state['elapsed_s'] / 60:.1f} min", file=sys.stderr)  # fmt: skip
+            trained = f"train loss {loss_sum / seen:.4f} acc {correct / seen:.4f}" if seen else "no steps"
+            print(f"epoch {epoch + 1}: {trained} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
+                  f"{state['elapsed_s'] / 60:.1f} min", file=sys.stderr)  # fmt: skip
     summary = {"test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"), "epochs_done": state["epoch"],
                "steps": state["step"], "minutes": state["elapsed_s"] / 60, "stopped": stop_reason,
-               "checkpoint": str(ckpt_path), "backend": backend.name, "params": model.num_params}  # fmt: skip
+               "checkpoint": str(ckpt_path), "backend": backend.name, "params": count_params(cfg)}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"done{' (' + stop_reason + ')' if stop_reason else ''}: test accuracy {summary['test_acc']:.4f} after "
           f"{summary['steps']} steps in {summary['minutes']:.1f} min; checkpoint {ckpt_path}", file=sys.stderr)  # fmt: skip

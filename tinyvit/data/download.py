@@ -10,6 +10,7 @@ and raises a ValueError that says what went wrong.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import tempfile
@@ -57,7 +58,7 @@ def download_to_temp(url: str, directory, md5: str | None, progress: bool = True
                             h.update(block)
                             received += len(block)
                             bar.update(len(block))
-            except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts and IncompleteRead all land here
+            except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, IncompleteRead
                 raise ValueError(f"could not download {url}: {type(e).__name__}: {e}") from e
             if total is not None and received != total:
                 raise ValueError(f"could not download {url}: got {received} bytes, the server announced {total}")
