@@ -9,6 +9,5 @@ numba CPU kernels, each module a version of one NumPy specification in tinyvit.l
     numba_patchify    patchify and its inverse
     numba_loss        softmax cross-entropy with label smoothing
     numba_adamw       AdamW in place, the global gradient norm, clipping
-    numba_threads     one thread count for numba and BLAS (tinyvit.threads)
     numba_backend     the Backend that gathers them
 """

@@ -5,7 +5,7 @@ specification in tinyvit.layers and tinyvit.optim, and is checked against it
 in tests/test_numba_kernels.py and tests/test_numba_model.py. float32 is for
 training, float64 for checks (it agrees with the reference to 1e-10).
 
-`set_threads(n)` (kernels.numba_threads) sets one count for numba's pool
+`set_threads(n)` (tinyvit.threads) sets one count for numba's pool
 and the BLAS pool, so the two never oversubscribe the cores.
 """
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from tinyvit import layers
 from tinyvit.backend import Backend
+from tinyvit.threads import set_threads
 
 from . import (
     numba_adamw,
@@ -24,7 +25,6 @@ from . import (
     numba_loss,
 )
 from .numba_patchify import patchify
-from .numba_threads import set_threads
 
 
 def _asarray(x, dtype=None):

@@ -180,3 +180,22 @@ def test_evaluate_and_predict_read_the_checkpoint(tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(SystemExit, match="cannot read image .*broken.png"):
         predict_main(["--checkpoint", ckpt, "--backend", "numpy", str(tmp_path / "broken.png")])
+
+
+def test_the_numba_backend_trains_the_same_run_as_the_numpy_specification(tmp_path):
+    """Two epochs through the trainer in float64, once per backend: the same losses, accuracies and
+    final parameters, to rounding. The compiled kernels change the speed, not the run."""
+    runs = {}
+    for backend in ("numpy", "numba"):
+        args = [a if a != "numpy" else backend for a in SMALL]  # SMALL names the numpy backend
+        main([*args, "--out", str(tmp_path / backend), "--epochs", "2", "--dtype", "float64"])
+        runs[backend] = (
+            [json.loads(s) for s in (tmp_path / backend / "metrics.jsonl").read_text().splitlines()],
+            load_checkpoint(tmp_path / backend / "checkpoint.npz"),
+        )
+    (m_np, ck_np), (m_nb, ck_nb) = runs["numpy"], runs["numba"]
+    for a, b in zip(m_np, m_nb):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9)
+        assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-9) and a["test_acc"] == b["test_acc"]
+    for k in ck_np.params:
+        np.testing.assert_allclose(ck_nb.params[k], ck_np.params[k], rtol=1e-8, atol=1e-10, err_msg=k)

@@ -23,15 +23,10 @@ import numpy as np
 from .config import ViTConfig
 
 
-def save_checkpoint(path, params: dict, cfg: ViTConfig, state: dict, opt_state: dict | None = None) -> Path:
-    """Write params (name -> ndarray), config, JSON-able state and optimizer state atomically."""
+def savez_atomic(path, **arrays) -> Path:
+    """np.savez to a temporary file beside `path`, flushed to disk, then renamed over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"param/{k}": np.asarray(v) for k, v in params.items()}
-    for k, v in (opt_state or {}).items():
-        arrays[f"opt/{k}"] = np.asarray(v)
-    arrays["config"] = np.array(json.dumps(cfg.to_dict()))
-    arrays["state"] = np.array(json.dumps(state))
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -43,6 +38,16 @@ def save_checkpoint(path, params: dict, cfg: ViTConfig, state: dict, opt_state: 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(path, params: dict, cfg: ViTConfig, state: dict, opt_state: dict | None = None) -> Path:
+    """Write params (name -> ndarray), config, JSON-able state and optimizer state atomically."""
+    arrays = {f"param/{k}": np.asarray(v) for k, v in params.items()}
+    for k, v in (opt_state or {}).items():
+        arrays[f"opt/{k}"] = np.asarray(v)
+    arrays["config"] = np.array(json.dumps(cfg.to_dict()))
+    arrays["state"] = np.array(json.dumps(state))
+    return savez_atomic(path, **arrays)
 
 
 class Checkpoint:

@@ -198,13 +198,16 @@ def train(args) -> dict:
         model_cfg, model_params = params_at_resolution(params, cfg, size)
         return ViT(model_cfg, seed=args.seed, dtype=args.dtype, backend=backend, params=model_params)
 
+    def make_optimizer(model):
+        return AdamW(model, lr=args.lr, weight_decay=args.weight_decay, clip_norm=args.clip_norm)
+
     if ck is not None:
         model = ViT(ck.cfg, dtype=args.dtype, backend=backend, params=ck.params)
-        opt = AdamW(model, lr=args.lr, weight_decay=args.weight_decay, clip_norm=args.clip_norm)
+        opt = make_optimizer(model)
         opt.load_state_dict(ck.opt_state)
     else:
         model = make_model(size_for_epoch(0, phases, final_size), None)
-        opt = AdamW(model, lr=args.lr, weight_decay=args.weight_decay, clip_norm=args.clip_norm)
+        opt = make_optimizer(model)
 
     resized = {final_size: (ds.train_images, ds.test_images)}
 
@@ -245,7 +248,7 @@ def train(args) -> dict:
             if model.cfg.image_size != size:  # progressive resolution: grow the grid, interpolate pos_embed
                 model = make_model(size, model.numpy_params())
                 moments = opt.state_dict()
-                opt = AdamW(model, lr=args.lr, weight_decay=args.weight_decay, clip_norm=args.clip_norm)
+                opt = make_optimizer(model)
                 for k in ("m/pos_embed", "v/pos_embed"):  # the grid changed: its moments start afresh
                     moments[k] = np.zeros(model.params["pos_embed"].shape, np.float32)
                 opt.load_state_dict(moments)

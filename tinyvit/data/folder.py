@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..checkpoint import savez_atomic
 from .base import Dataset
 
 TEST_FRACTION = 0.1
@@ -72,17 +71,6 @@ def decode_image(path: Path, image_size: int) -> np.ndarray:
             return np.asarray(img, np.uint8)
     except Exception as e:
         raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
-
-
-def _write_npz_atomic(path: Path, **arrays):
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_cache(path: Path):
@@ -138,7 +126,7 @@ def load_folder(path, data_dir, image_size: int = 32, seed: int = 0) -> Dataset:
             "class_names": np.array(class_names),
         }
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _write_npz_atomic(cache, **cached)
+        savez_atomic(cache, **cached)
 
     images, labels, in_test = cached["images"], cached["labels"], cached["in_test"]
     if not split_layout:
