@@ -22,8 +22,10 @@ Kernels built on them:
   over a second grid axis and adds the partial sums with atomics, so a tall
   matrix with few columns still fills the GPU.
 
-All partial sums are kept in float64; the specification (tinyvit.optim) also
-sums squares in float64.
+Each thread's and block's partial sums are kept in float64 (the specification,
+tinyvit.optim, also sums squares in float64); the `chunked` column sum adds its
+per-chunk partials atomically into an output of the gradient's dtype, so in
+float32 those few additions round to float32.
 """
 
 import math
