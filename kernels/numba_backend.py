@@ -9,10 +9,9 @@ training, float64 for checks (it agrees with the reference to 1e-10).
 and the BLAS pool, so the two never oversubscribe the cores.
 """
 
-import numpy as np
-
 from tinyvit import layers
 from tinyvit.backend import Backend
+from tinyvit.numpy_backend import BACKEND as NUMPY
 from tinyvit.threads import set_threads
 
 from . import (
@@ -26,16 +25,11 @@ from . import (
 )
 from .numba_patchify import patchify
 
-
-def _asarray(x, dtype=None):
-    return np.array(x, dtype=dtype, copy=True)
-
-
 BACKEND = Backend(
     name="numba",
-    asarray=_asarray,
-    to_numpy=lambda a: np.array(a, copy=True),
-    zeros_like=np.zeros_like,
+    asarray=NUMPY.asarray,  # plain NumPy arrays, as in the specification
+    to_numpy=NUMPY.to_numpy,
+    zeros_like=NUMPY.zeros_like,
     add=numba_embed.add,
     patchify=patchify,
     linear_forward=numba_linear.linear_forward,

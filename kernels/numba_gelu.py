@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from .numba_exp import exp32_inplace, exp_inplace
-from .numba_linear import CHUNK_ROWS, FASTMATH, rows
+from .numba_linear import CHUNK_ROWS, FASTMATH, rows, sum_partials
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -101,13 +101,7 @@ def bias_gelu_backward32(dout, z, dz):
                 g = dout[r, j] * (cdf + x * _INV_SQRT_2PI_32 * gauss[j])
                 dz[r, j] = g
                 partial[c, j] += g
-    dbias = np.zeros(M, dtype=z.dtype)
-    for j in range(M):
-        s = 0.0
-        for c in range(chunks):
-            s += partial[c, j]
-        dbias[j] = s
-    return dbias
+    return sum_partials(partial, z.dtype)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -142,13 +136,7 @@ def bias_gelu_backward(dout, z, dz):
                 g = dout[r, j] * (cdf + x * pdf)
                 dz[r, j] = g
                 partial[c, j] += dz[r, j]
-    dbias = np.zeros(M, dtype=z.dtype)
-    for j in range(M):
-        s = 0.0
-        for c in range(chunks):
-            s += partial[c, j]
-        dbias[j] = s
-    return dbias
+    return sum_partials(partial, z.dtype)
 
 
 class LinearGeluCache(NamedTuple):

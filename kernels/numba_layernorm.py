@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .numba_linear import CHUNK_ROWS, FASTMATH, rows
+from .numba_linear import CHUNK_ROWS, FASTMATH, rows, sum_partials
 
 EPS = 1e-6  # as tinyvit.layers.layernorm
 
@@ -70,17 +70,7 @@ def layernorm_rows_backward(dout, x, weight, mean, rstd, dx):
             for j in range(D):
                 xhat = (x[r, j] - mu) * inv
                 dx[r, j] = inv * (dout[r, j] * weight[j] - mg - xhat * mgx)
-    dweight = np.zeros(D, dtype=x.dtype)
-    dbias = np.zeros(D, dtype=x.dtype)
-    for j in range(D):
-        sw = 0.0
-        sb = 0.0
-        for c in range(chunks):
-            sw += pw[c, j]
-            sb += pb[c, j]
-        dweight[j] = sw
-        dbias[j] = sb
-    return dweight, dbias
+    return sum_partials(pw, x.dtype), sum_partials(pb, x.dtype)
 
 
 class LayerNormCache(NamedTuple):

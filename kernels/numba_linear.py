@@ -46,7 +46,14 @@ def column_sums(x):
         for r in range(c * CHUNK_ROWS, min(R, (c + 1) * CHUNK_ROWS)):
             for f in range(F):
                 partial[c, f] += x[r, f]
-    total = np.zeros(F, dtype=x.dtype)
+    return sum_partials(partial, x.dtype)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def sum_partials(partial, dtype):
+    """(chunks, F) float64 partial sums -> (F,) totals in `dtype`: the last, serial step of a chunked reduction."""
+    chunks, F = partial.shape
+    total = np.zeros(F, dtype=dtype)
     for f in range(F):
         s = 0.0
         for c in range(chunks):
