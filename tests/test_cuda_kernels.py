@@ -16,7 +16,6 @@ Tolerances, as relative errors max|got - want| / max|want|:
   below that bound, while an indexing bug gives errors of order 1.
 """
 
-import sys
 
 import numpy as np
 import pytest
@@ -51,13 +50,7 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(cuda_matmul, "BATCHED_BLOCKING", Blocking(bm=4, bn=4, bk=2, tm=2, tn=2))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_simulator_barriers():
-    """The simulator's threads poll each other at barriers; a short GIL switch interval makes that ~10x faster."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(old)
+pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # tests/conftest.py
 
 
 def dev(x, dtype):

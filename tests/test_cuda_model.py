@@ -11,7 +11,6 @@ Tolerances (relative to the largest entry of each reference array):
   softmax; the bound leaves room for that and still catches any wrong term.
 """
 
-import sys
 
 import numpy as np
 import pytest
@@ -35,13 +34,7 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(cuda_matmul, "BATCHED_BLOCKING", Blocking(bm=4, bn=4, bk=4, tm=2, tn=2))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_simulator_barriers():
-    """The simulator's threads poll each other at barriers; a short GIL switch interval makes that ~5x faster."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(old)
+pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # tests/conftest.py
 
 
 def batch(seed=0, size=3):
