@@ -42,11 +42,17 @@ MODEL_FLAGS = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim")
 RUN_FLAGS = ("resume", "max_minutes", "max_steps", "threads", "backend", "progress", "out", "data_dir")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it says something: not for switches, not for None."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m tinyvit.train", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )  # fmt: skip
+    p = argparse.ArgumentParser(prog="python -m tinyvit.train", description=__doc__.split("\n\n")[0], formatter_class=_Help)
     g = p.add_argument_group("data")
     g.add_argument("--data", default="cifar10", help="cifar10, shapes, or folder:PATH")
     g.add_argument("--data-dir", default=None, help="where datasets live (default: $TINYVIT_DATA or ~/.cache/tinyvit)")
