@@ -132,6 +132,13 @@ class EmbedCache(NamedTuple):
     batch: int
 
 
+@cuda.jit(device=True)
+def _unflatten3(i, N, D):
+    """The flat index i of a C-ordered (B, N, D) array -> (b, n, d)."""
+    b, rest = i // (N * D), i % (N * D)
+    return b, rest // D, rest % D
+
+
 @cuda.jit
 def _embed_kernel(x, cls_token, pos_embed, out):
     """out[b, 0] = cls + pos[0]; out[b, n] = x[b, n-1] + pos[n] for n >= 1."""
@@ -139,8 +146,7 @@ def _embed_kernel(x, cls_token, pos_embed, out):
     if i >= out.size:
         return
     _, N, D = out.shape
-    b, rest = i // (N * D), i % (N * D)
-    n, d = rest // D, rest % D
+    b, n, d = _unflatten3(i, N, D)
     if n == 0:
         out[b, n, d] = cls_token[d] + pos_embed[n, d]
     else:
@@ -154,8 +160,7 @@ def _drop_first_token_kernel(dout, dx):
     if i >= dx.size:
         return
     _, Nm1, D = dx.shape
-    b, rest = i // (Nm1 * D), i % (Nm1 * D)
-    n, d = rest // D, rest % D
+    b, n, d = _unflatten3(i, Nm1, D)
     dx[b, n, d] = dout[b, n + 1, d]
 
 
@@ -229,8 +234,7 @@ def _class_token_backward_kernel(dout, dx):
     if i >= dx.size:
         return
     _, N, D = dx.shape
-    b, rest = i // (N * D), i % (N * D)
-    n, d = rest // D, rest % D
+    b, n, d = _unflatten3(i, N, D)
     if n == 0:
         dx[b, n, d] = dout[b, d]
     else:
