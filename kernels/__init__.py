@@ -1,5 +1,7 @@
 """Compiled kernels behind the `numba` and `cuda` backends (chosen through tinyvit.backend).
 
+This folder installs as `tinyvit.kernels` (setup.cfg maps it); import it by that name.
+
 numba CPU kernels, each module a version of one NumPy specification in tinyvit.layers / tinyvit.optim:
     numba_linear      linear layer: BLAS products, fused bias pass, parallel column sums
     numba_gelu        fc1 + exact GELU: fused bias + GELU passes, the rational float32 erf

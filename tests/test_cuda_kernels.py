@@ -23,10 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import cuda
 
-from kernels import cuda_backend as cb
-from kernels import cuda_common, cuda_matmul, cuda_reduce
-from kernels.cuda_attention import softmax_rows_
-from kernels.cuda_matmul import Blocking, matmul
+from tinyvit.kernels import cuda_backend as cb
+from tinyvit.kernels import cuda_common, cuda_matmul, cuda_reduce
+from tinyvit.kernels.cuda_attention import softmax_rows_
+from tinyvit.kernels.cuda_matmul import Blocking, matmul
 from tinyvit import layers
 from tinyvit.optim import AdamWStep, adamw_update, sum_of_squares
 

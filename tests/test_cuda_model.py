@@ -15,8 +15,8 @@ Tolerances (relative to the largest entry of each reference array):
 import numpy as np
 import pytest
 
-from kernels import cuda_common, cuda_matmul, cuda_reduce
-from kernels.cuda_matmul import Blocking
+from tinyvit.kernels import cuda_common, cuda_matmul, cuda_reduce
+from tinyvit.kernels.cuda_matmul import Blocking
 from tinyvit.config import PRESETS
 from tinyvit.model import ViT
 from tinyvit.optim import AdamW

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernels import (
+from tinyvit.kernels import (
     numba_adamw,
     numba_attention,
     numba_embed,

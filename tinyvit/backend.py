@@ -2,8 +2,8 @@
 
 `numpy` is the first backend and the specification (tinyvit.layers and the
 update rules in tinyvit.optim). `numba` (compiled CPU kernels) and `cuda`
-(numba.cuda GPU kernels) live in the top-level `kernels` package and are
-loaded only when asked for. The model, the trainer, the tests and the lessons
+(numba.cuda GPU kernels) live in `tinyvit.kernels` (the repository's `kernels/`
+folder) and are loaded only when asked for. The model, the trainer, the tests and the lessons
 all ask `get_backend(name)`; nothing picks a kernel any other way.
 
 Every layer op follows the forward/backward convention of tinyvit.layers:
@@ -64,8 +64,8 @@ class Backend:
 # name -> "module:attribute" that holds a Backend, or a callable returning one
 _LOADERS: dict[str, str | Callable[[], Backend]] = {
     "numpy": "tinyvit.numpy_backend:BACKEND",
-    "numba": "kernels.numba_backend:BACKEND",
-    "cuda": "kernels.cuda_backend:BACKEND",
+    "numba": "tinyvit.kernels.numba_backend:BACKEND",
+    "cuda": "tinyvit.kernels.cuda_backend:BACKEND",
 }
 _LOADED: dict[str, Backend] = {}
 # Fastest first: the default backend is the first of these that loads and runs here.
