@@ -76,7 +76,6 @@ def timed(fn, repeats: int, sync) -> float:
 
 def sgemm(sizes, repeats: int, torch) -> None:
     from numba import cuda
-
     from tinyvit.kernels.cuda_matmul import matmul
 
     print("SGEMM, float32, C = A @ B with n x n matrices (TFLOP/s; median of", repeats, "runs)")

@@ -38,8 +38,8 @@ def _uniform(rng, shape, low=-2.0, high=2.0):
 def patchify_case(rng):
     P, g, B, C = rng.integers(1, 4), rng.integers(1, 4), rng.integers(1, 4), rng.integers(1, 4)
     side = P * g
-    return (lambda x: (layers.patchify(x, P), None),
-            lambda d, _: layers.patchify_backward(d, P, side, C),
+    return (lambda x: layers.patchify_forward(x, P),
+            layers.patchify_backward,
             [_uniform(rng, (B, side, side, C))])  # fmt: skip
 
 

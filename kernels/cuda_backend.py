@@ -39,7 +39,8 @@ BACKEND = Backend(
     to_numpy=ew.to_numpy,
     zeros_like=ew.zeros_like,
     add=ew.add,
-    patchify=ew.patchify,
+    patchify_forward=ew.patchify_forward,
+    patchify_backward=ew.patchify_backward,
     linear_forward=linear_forward,
     linear_backward=linear_backward,
     linear_gelu_forward=linear_gelu_forward,
@@ -57,6 +58,6 @@ BACKEND = Backend(
     cross_entropy_backward=cross_entropy_backward,
     adamw_update=adamw_update,
     sum_of_squares=sum_of_squares,
-    scale_=ew.scale_,
+    scale=ew.scale,
     synchronize=cuda.synchronize,
 )

@@ -1,7 +1,7 @@
 """Elementwise and rearranging CUDA kernels: one thread per output element, no reductions.
 
 Variants (each has one version; nothing here computes, it only moves numbers):
-1. fill, add, scale_, add_bias: the simplest kernels there are. Each thread finds
+1. fill, add, scale, add_bias: the simplest kernels there are. Each thread finds
    its element with cuda.grid(1) and returns if it falls past the end (the last
    block is usually only partly used). They teach the launch arithmetic.
 2. patchify, embed, class token: each thread turns its output index back into
@@ -12,10 +12,12 @@ Variants (each has one version; nothing here computes, it only moves numbers):
 The NumPy specification is tinyvit.layers (patchify.py, embed.py, linear.py).
 """
 
-from typing import NamedTuple
 
 import numpy as np
 from numba import cuda
+
+from tinyvit.layers.embed import ClassTokenCache, EmbedCache
+from tinyvit.layers.patchify import PatchifyCache
 
 from . import cuda_common as common
 
@@ -35,10 +37,10 @@ def _add_kernel(a, b, out):
 
 
 @cuda.jit
-def _scale_kernel(a, factor):
+def _scale_kernel(a, factor, out):
     i = cuda.grid(1)
     if i < a.size:
-        a[i] = a[i] * factor
+        out[i] = a[i] * factor
 
 
 @cuda.jit
@@ -74,12 +76,16 @@ def add(a, b):
     return out
 
 
-def scale_(arrays, factor):
-    """Multiply every array by factor, in place (gradient clipping)."""
+def scale(arrays, factor):
+    """Every array times factor, as new device arrays (gradient clipping)."""
+    out = []
     for a in arrays:
         common.check_device("array", a)
+        o = common.empty(a.shape, a.dtype)
         blocks, threads = common.element_grid(a.size)
-        _scale_kernel[blocks, threads](common.flat(a), float(factor))
+        _scale_kernel[blocks, threads](common.flat(a), float(factor), common.flat(o))
+        out.append(o)
+    return out
 
 
 def add_bias_(x, bias):
@@ -125,11 +131,42 @@ def patchify(images, patch_size):
     return out
 
 
+def patchify_forward(images, patch_size):
+    """(B, H, W, C) device images -> patches and the cache, as tinyvit.layers.patchify_forward."""
+    _, H, W, C = images.shape
+    return patchify(images, patch_size), PatchifyCache(int(patch_size), H, W, C)
+
+
+@cuda.jit
+def _unpatchify_kernel(patches, patch, out):
+    """patches (B, N-1, P*P*C) -> out (B, H, W, C); one thread per pixel value, the inverse gather."""
+    i = cuda.grid(1)
+    if i >= out.size:
+        return
+    _, H, W, C = out.shape
+    P = patch
+    b, rest = i // (H * W * C), i % (H * W * C)
+    y, rest = rest // (W * C), rest % (W * C)
+    x, c = rest // C, rest % C
+    n = (y // P) * (W // P) + x // P  # the patch this pixel sits in, row-major
+    j = ((y % P) * P + x % P) * C + c  # its place inside the flattened patch
+    out[b, y, x, c] = patches[b, n, j]
+
+
+def patchify_backward(dpatches, cache):
+    """dpatches (B, N-1, P*P*C) on the device -> dimages (B, H, W, C): the numbers back at their pixels."""
+    common.check_device("dpatches", dpatches, ndim=3)
+    P, H, W, C = cache
+    expected = (dpatches.shape[0], (H // P) * (W // P), P * P * C)
+    if tuple(dpatches.shape) != expected:
+        raise ValueError(f"dpatches must have shape {expected}, got {tuple(dpatches.shape)}")
+    out = common.empty((dpatches.shape[0], H, W, C), dpatches.dtype)
+    blocks, threads = common.element_grid(out.size)
+    _unpatchify_kernel[blocks, threads](dpatches, P, out)
+    return out
+
+
 # -- class token and position embedding ------------------------------------------------------
-
-
-class EmbedCache(NamedTuple):
-    batch: int
 
 
 @cuda.jit(device=True)
@@ -178,7 +215,7 @@ def embed_forward(x, cls_token, pos_embed):
     out = common.empty((B, Nm1 + 1, D), x.dtype)
     blocks, threads = common.element_grid(out.size)
     _embed_kernel[blocks, threads](x, cls_token, pos_embed, out)
-    return out, EmbedCache(B)
+    return out, EmbedCache()
 
 
 def embed_backward(dout, cache):
@@ -213,10 +250,6 @@ def copy(a):
     blocks, threads = common.element_grid(out.size)
     _copy_kernel[blocks, threads](common.flat(a), common.flat(out))
     return out
-
-
-class ClassTokenCache(NamedTuple):
-    num_tokens: int
 
 
 @cuda.jit

@@ -167,10 +167,11 @@ def _sum_of_squares_kernel(x, total):
         cuda.atomic.add(total, 0, acc)
 
 
-def sum_of_squares(arrays) -> float:
+def sum_of_squares(arrays) -> np.float64:
     """sum over all arrays of sum(a^2), in float64: the square of the global norm.
 
-    One float comes back to the host, after every array has been added on the device."""
+    One float comes back to the host, after every array has been added on the device:
+    the `cuda` backend's scalars are host NumPy scalars."""
     total = fill((1,), np.float64, 0.0)
     threads = reduce_threads(common.MAX_ROW_THREADS)
     for a in arrays:
@@ -179,7 +180,7 @@ def sum_of_squares(arrays) -> float:
             continue
         blocks = min(MAX_REDUCE_BLOCKS, math.ceil(a.size / threads))
         _sum_of_squares_kernel[blocks, threads](common.flat(a), total)
-    return float(total.copy_to_host()[0])
+    return total.copy_to_host()[0]
 
 
 # -- column sums (bias gradients) ------------------------------------------------------------

@@ -23,7 +23,7 @@ from . import (
     numba_linear,
     numba_loss,
 )
-from .numba_patchify import patchify
+from .numba_patchify import patchify_backward, patchify_forward
 
 BACKEND = Backend(
     name="numba",
@@ -31,7 +31,8 @@ BACKEND = Backend(
     to_numpy=NUMPY.to_numpy,
     zeros_like=NUMPY.zeros_like,
     add=numba_embed.add,
-    patchify=patchify,
+    patchify_forward=patchify_forward,
+    patchify_backward=patchify_backward,
     linear_forward=numba_linear.linear_forward,
     linear_backward=numba_linear.linear_backward,
     linear_gelu_forward=numba_gelu.linear_gelu_forward,
@@ -49,6 +50,6 @@ BACKEND = Backend(
     cross_entropy_backward=numba_loss.cross_entropy_backward,
     adamw_update=numba_adamw.adamw_update,
     sum_of_squares=numba_adamw.sum_of_squares,
-    scale_=numba_adamw.scale_,
+    scale=numba_adamw.scale,
     set_threads=set_threads,
 )

@@ -11,10 +11,11 @@ Variants, plain to fast:
                          per-image-chunk float64 partials.
 """
 
-from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
+
+from tinyvit.layers.embed import EmbedCache
 
 from .numba_linear import FASTMATH
 
@@ -73,16 +74,12 @@ def embed_rows_backward(dout, dx):
     return dpos
 
 
-class EmbedCache(NamedTuple):
-    batch: int
-
-
 def embed_forward(x, cls_token, pos_embed):
     """x (B, N-1, D), cls_token (D,), pos_embed (N, D) -> (B, N, D)."""
     B, n, D = x.shape
     out = np.empty((B, n + 1, D), dtype=x.dtype)
     embed_rows_forward(np.ascontiguousarray(x), cls_token, np.ascontiguousarray(pos_embed), out)
-    return out, EmbedCache(B)
+    return out, EmbedCache()
 
 
 def embed_backward(dout, cache):

@@ -7,11 +7,13 @@ Variants, plain to fast:
 1. `patchify_images`    one parallel loop over images, each patch row copied as P*C
                         contiguous values: the reshape/transpose/copy of the reference as a
                         single pass, with no temporary.
-2. `unpatchify_images`  the same copy the other way round.
+2. `unpatchify_images`  the same copy the other way round: patchify's backward.
 """
 
 import numpy as np
 from numba import njit, prange
+
+from tinyvit.layers.patchify import PatchifyCache
 
 
 @njit(parallel=True, cache=True)
@@ -30,13 +32,13 @@ def patchify_images(images, P, out):
 
 
 @njit(parallel=True, cache=True)
-def unpatchify_images(patches, P, g, C, out):
-    """patches (B, g*g, P*P*C) -> out (B, g*P, g*P, C), written."""
+def unpatchify_images(patches, P, gh, gw, C, out):
+    """patches (B, gh*gw, P*P*C) -> out (B, gh*P, gw*P, C), written."""
     B = patches.shape[0]
     for b in prange(B):
-        for gy in range(g):
-            for gx in range(g):
-                n = gy * g + gx
+        for gy in range(gh):
+            for gx in range(gw):
+                n = gy * gw + gx
                 for py in range(P):
                     for px in range(P):
                         for c in range(C):
@@ -54,19 +56,25 @@ def patchify(images, patch_size):
     return out
 
 
-def unpatchify(patches, patch_size, image_size, channels):
-    """(B, N-1, P*P*C) patches -> (B, H, W, C) images; the inverse of patchify (square images)."""
+def unpatchify(patches, patch_size, height, width, channels):
+    """(B, N-1, P*P*C) patches -> (B, H, W, C) images; the inverse of patchify."""
     B = patches.shape[0]
     P, C = patch_size, channels
-    g = image_size // P
-    expected = (B, g * g, P * P * C)
+    gh, gw = height // P, width // P
+    expected = (B, gh * gw, P * P * C)
     if patches.shape != expected:
         raise ValueError(f"patches must have shape {expected}, got {patches.shape}")
-    out = np.empty((B, g * P, g * P, C), dtype=patches.dtype)
-    unpatchify_images(np.ascontiguousarray(patches), P, g, C, out)
+    out = np.empty((B, gh * P, gw * P, C), dtype=patches.dtype)
+    unpatchify_images(np.ascontiguousarray(patches), P, gh, gw, C, out)
     return out
 
 
-def patchify_backward(dpatches, patch_size, image_size, channels):
+def patchify_forward(images, patch_size):
+    """(B, H, W, C) images -> (B, N-1, P*P*C) patches, and the cache backward needs."""
+    _, H, W, C = images.shape
+    return patchify(images, patch_size), PatchifyCache(patch_size, H, W, C)
+
+
+def patchify_backward(dpatches, cache):
     """Gradient of patchify: the same numbers moved back to their pixels."""
-    return unpatchify(dpatches, patch_size, image_size, channels)
+    return unpatchify(dpatches, *cache)

@@ -22,11 +22,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import cuda
-
 from tinyvit.kernels import cuda_backend as cb
 from tinyvit.kernels import cuda_common, cuda_matmul, cuda_reduce
 from tinyvit.kernels.cuda_attention import softmax_rows_
 from tinyvit.kernels.cuda_matmul import Blocking, matmul
+
 from tinyvit import layers
 from tinyvit.optim import AdamWStep, adamw_update, sum_of_squares
 
@@ -199,9 +199,10 @@ def test_add_scale_and_zeros_like():
     da, db = dev(a, np.float64), dev(b, np.float64)
     assert_close(host(ops.add(da, db)), a + b, 1e-15, "add")
     np.testing.assert_array_equal(host(da), a, "add wrote into its input")
-    ops.scale_([da, db], 0.5)
-    assert_close(host(da), 0.5 * a, 1e-15, "scale_ first array")
-    assert_close(host(db), 0.5 * b, 1e-15, "scale_ second array")
+    sa, sb = ops.scale([da, db], 0.5)
+    assert_close(host(sa), 0.5 * a, 1e-15, "scale first array")
+    assert_close(host(sb), 0.5 * b, 1e-15, "scale second array")
+    np.testing.assert_array_equal(host(da), a, "scale wrote into its input")
     z = ops.zeros_like(da)
     np.testing.assert_array_equal(host(z), np.zeros_like(a))
     with pytest.raises(ValueError, match="shape"):
@@ -210,10 +211,13 @@ def test_add_scale_and_zeros_like():
 
 def test_patchify_matches_the_specification():
     images = rng_normal(14, 2, 8, 12, 3)
-    got = host(ops.patchify(dev(images, np.float64), 4))
-    np.testing.assert_array_equal(got, layers.patchify(images, 4))
+    patches, cache = ops.patchify_forward(dev(images, np.float64), 4)
+    want, want_cache = layers.patchify_forward(images, 4)
+    np.testing.assert_array_equal(host(patches), want)
+    assert cache == want_cache
+    np.testing.assert_array_equal(host(ops.patchify_backward(patches, cache)), images)  # the inverse
     with pytest.raises(ValueError, match="patch_size"):
-        ops.patchify(dev(images, np.float64), 5)
+        ops.patchify_forward(dev(images, np.float64), 5)
 
 
 def test_embed_and_class_token_forward_and_backward():
@@ -318,16 +322,20 @@ def test_cross_entropy_matches_the_specification(dtype, smoothing):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_adamw_update_matches_the_specification_over_three_steps(dtype):
-    """In place on param, m and v; grad untouched. Steps 1-3 exercise the bias corrections."""
+    """New param, m and v; no input written. Steps 1-3 exercise the bias corrections."""
     p, m, v = rng_normal(32, 4, 9), np.zeros((4, 9)), np.zeros((4, 9))
     dp, dm, dv = dev(p, dtype), dev(m, dtype), dev(v, dtype)
     for step in (1, 2, 3):
         g = rng_normal(33 + step, 4, 9)
         hp = AdamWStep(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, step=step)
         dg = dev(g, dtype)
-        ops.adamw_update(dp, dg, dm, dv, hp)
-        adamw_update(p, g, m, v, hp)
+        before = [host(a) for a in (dp, dm, dv)]
+        new = ops.adamw_update(dp, dg, dm, dv, hp)
+        p, m, v = adamw_update(p, g, m, v, hp)
         np.testing.assert_array_equal(host(dg), g.astype(dtype), "adamw wrote into grad")
+        for old, a in zip(before, (dp, dm, dv)):
+            np.testing.assert_array_equal(host(a), old, "adamw wrote into its input")
+        dp, dm, dv = new
     for got, want, name in ((dp, p, "param"), (dm, m, "m"), (dv, v, "v")):
         assert_close(host(got), want, TOL[dtype], f"adamw {name}")
     with pytest.raises(ValueError, match="shape"):

@@ -14,9 +14,9 @@ Tolerances (relative to the largest entry of each reference array):
 
 import numpy as np
 import pytest
-
 from tinyvit.kernels import cuda_common, cuda_matmul, cuda_reduce
 from tinyvit.kernels.cuda_matmul import Blocking
+
 from tinyvit.config import PRESETS
 from tinyvit.model import ViT
 from tinyvit.optim import AdamW

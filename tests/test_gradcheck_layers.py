@@ -41,8 +41,8 @@ def test_patchify_backward_matches_finite_differences(data):
     shape = (data.draw(S.batch), side, side, data.draw(S.channels))
     images = data.draw(S.float_arrays(shape))
     check_layer(
-        lambda x: (layers.patchify(x, patch), None),
-        lambda d, _: layers.patchify_backward(d, patch, side, shape[3]),
+        lambda x: layers.patchify_forward(x, patch),
+        layers.patchify_backward,
         [images], tol=TOLERANCE["patchify"], h=STEP["patchify"], names=["images"],
     )  # fmt: skip
 

@@ -65,7 +65,7 @@ def test_unpatchify_inverts_patchify(data):
     images = data.draw(S.float_arrays((data.draw(S.batch), side, side, data.draw(S.channels))))
     patches = layers.patchify(images, patch)
     assert patches.shape == (images.shape[0], (side // patch) ** 2, patch * patch * images.shape[3])
-    assert np.array_equal(layers.unpatchify(patches, patch, side, images.shape[3]), images)
+    assert np.array_equal(layers.unpatchify(patches, patch, side, side, images.shape[3]), images)
 
 
 def test_patchify_layout_on_one_pixel():

@@ -6,10 +6,18 @@ update rules in tinyvit.optim). `numba` (compiled CPU kernels) and `cuda`
 folder) and are loaded only when asked for. The model, the trainer, the tests and the lessons
 all ask `get_backend(name)`; nothing picks a kernel any other way.
 
-Every layer op follows the forward/backward convention of tinyvit.layers:
-`x_forward(...) -> (out, cache)` and `x_backward(dout, cache) -> grads`.
+The contract is functional, so that a backend may compile a whole training
+step (the `jax` backend does):
+- every layer op follows the forward/backward convention of tinyvit.layers,
+  `x_forward(...) -> (out, cache)` and `x_backward(dout, cache) -> grads`, and
+  returns fresh arrays;
+- the optimiser ops return new arrays instead of writing into their inputs;
+- the loss and the squared gradient norm are backend scalars (a NumPy scalar,
+  a 0-d JAX array); callers make them Python floats only where they check,
+  print or log them.
 Arrays are whatever the backend keeps them in (NumPy arrays on the CPU,
-device arrays for `cuda`); `asarray` and `to_numpy` cross that boundary.
+device arrays for `cuda`, JAX arrays for `jax`); `asarray` and `to_numpy`
+cross that boundary.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ class Backend:
     zeros_like: Callable  # backend array -> zeros of the same shape and dtype
     add: Callable  # (a, b) -> a + b, a fresh array
     # -- layers, forward -> (out, cache), backward(dout, cache) -> gradients
-    patchify: Callable  # (images (B, H, W, C), P) -> (B, N-1, P*P*C); images carry no gradient
+    patchify_forward: Callable  # (images (B, H, W, C), P) -> ((B, N-1, P*P*C), cache)
+    patchify_backward: Callable  # (dpatches, cache) -> dimages; the model never needs it (images carry no gradient)
     linear_forward: Callable
     linear_backward: Callable
     linear_gelu_forward: Callable
@@ -44,16 +53,20 @@ class Backend:
     attention_probs: Callable  # attention cache -> probs (B, H, N, N)
     class_token_forward: Callable
     class_token_backward: Callable
-    cross_entropy_forward: Callable  # (logits, labels, smoothing) -> (loss float, cache)
+    cross_entropy_forward: Callable  # (logits, labels, smoothing) -> (loss, a backend scalar; cache)
     cross_entropy_backward: Callable  # (dloss, cache) -> dlogits
     # -- the optimiser
-    adamw_update: Callable  # (param, grad, m, v, AdamWStep) -> None, in place
-    sum_of_squares: Callable  # list of arrays -> float, for the global gradient norm
-    scale_: Callable  # (list of arrays, factor) -> None, in place (gradient clipping)
+    adamw_update: Callable  # (param, grad, m, v, AdamWStep) -> new (param, m, v)
+    sum_of_squares: Callable  # list of arrays -> backend scalar, the squared global gradient norm
+    scale: Callable  # (list of arrays, factor) -> list of new arrays (gradient clipping)
     # -- optional: set the thread count of this backend's pools
     set_threads: Callable = lambda n: None
     # -- optional: wait for queued device work (for timing); `cuda` waits for the GPU
     synchronize: Callable = lambda: None
+    # -- optional: compile a pure function of arrays (the `jax` backend: jax.jit)
+    jit: Callable = lambda f: f
+    # -- optional: called when a model of this dtype is built (the `jax` backend turns on float64)
+    use_dtype: Callable = lambda dtype: None
 
     def __post_init__(self):
         missing = [f.name for f in fields(self) if getattr(self, f.name) is None]

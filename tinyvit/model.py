@@ -12,14 +12,18 @@ The final LayerNorm is applied to the class token only: LayerNorm works row by
 row, so this gives the same logits and gradients as normalising every token and
 then reading row 0, without the wasted work.
 
-The model runs on one backend from tinyvit.backend; it never calls a kernel
-itself, so the same code drives the NumPy specification, the Numba CPU kernels
-and the CUDA kernels.
+The forward and backward passes are pure functions of the parameters
+(`forward`, `backward`, `loss_and_grads` below): they run on one backend from
+tinyvit.backend and never call a kernel themselves, so the same code drives the
+NumPy specification, the Numba CPU kernels, the CUDA kernels, and, traced and
+compiled by XLA, the JAX backend. `ViT` holds a model's parameters and checks
+its inputs around them.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -96,14 +100,113 @@ def init_params(cfg: ViTConfig, seed: int = 0, dtype=np.float32) -> dict[str, np
     return params
 
 
+class BlockCache(NamedTuple):
+    """What one block's backward needs: the cache of each of its layers, in forward order."""
+
+    norm1: tuple
+    qkv: tuple
+    attn: tuple
+    proj: tuple
+    norm2: tuple
+    fc1: tuple
+    fc2: tuple
+
+
+class ModelCache(NamedTuple):
+    """What the whole model's backward needs."""
+
+    patchify: tuple
+    patch_embed: tuple
+    embed: tuple
+    blocks: list  # one BlockCache per block
+    class_token: tuple
+    norm: tuple
+    head: tuple
+
+
+def forward(cfg: ViTConfig, ops, params: dict, images):
+    """images (B, H, W, C) -> logits (B, K) and the ModelCache backward needs."""
+    p = params
+    x, c_patchify = ops.patchify_forward(images, cfg.patch_size)  # (B, N-1, P*P*C)
+    x, c_patch = ops.linear_forward(x, p["patch_embed.weight"], p["patch_embed.bias"])  # (B, N-1, D)
+    x, c_embed = ops.embed_forward(x, p["cls_token"], p["pos_embed"])  # (B, N, D)
+    blocks = []
+    for i in range(cfg.depth):
+        b = f"blocks.{i}."
+        h, c_n1 = ops.layernorm_forward(x, p[b + "norm1.weight"], p[b + "norm1.bias"])
+        h, c_qkv = ops.linear_forward(h, p[b + "attn.qkv.weight"], p[b + "attn.qkv.bias"])  # (B, N, 3D)
+        h, c_attn = ops.attention_forward(h, cfg.heads)  # (B, N, D)
+        h, c_proj = ops.linear_forward(h, p[b + "attn.proj.weight"], p[b + "attn.proj.bias"])
+        x = ops.add(x, h)
+        h, c_n2 = ops.layernorm_forward(x, p[b + "norm2.weight"], p[b + "norm2.bias"])
+        h, c_fc1 = ops.linear_gelu_forward(h, p[b + "mlp.fc1.weight"], p[b + "mlp.fc1.bias"])  # (B, N, M)
+        h, c_fc2 = ops.linear_forward(h, p[b + "mlp.fc2.weight"], p[b + "mlp.fc2.bias"])
+        x = ops.add(x, h)
+        blocks.append(BlockCache(c_n1, c_qkv, c_attn, c_proj, c_n2, c_fc1, c_fc2))
+    x, c_cls = ops.class_token_forward(x)  # (B, D)
+    x, c_norm = ops.layernorm_forward(x, p["norm.weight"], p["norm.bias"])
+    logits, c_head = ops.linear_forward(x, p["head.weight"], p["head.bias"])  # (B, K)
+    return logits, ModelCache(c_patchify, c_patch, c_embed, blocks, c_cls, c_norm, c_head)
+
+
+def backward(cfg: ViTConfig, ops, dlogits, cache: ModelCache) -> dict:
+    """dlogits (B, K) -> the gradient of every parameter, in forward order.
+
+    The chain rule, layer by layer in reverse; the gradients reaching the residual
+    stream x from both branches of a block are summed here."""
+    grads = {}
+    dx, grads["head.weight"], grads["head.bias"] = ops.linear_backward(dlogits, cache.head)
+    dx, grads["norm.weight"], grads["norm.bias"] = ops.layernorm_backward(dx, cache.norm)
+    dx = ops.class_token_backward(dx, cache.class_token)  # (B, N, D)
+    for i in reversed(range(cfg.depth)):
+        b, c = f"blocks.{i}.", cache.blocks[i]
+        # x = x + fc2(gelu(fc1(norm2(x)))): the residual passes dx through unchanged
+        dh, grads[b + "mlp.fc2.weight"], grads[b + "mlp.fc2.bias"] = ops.linear_backward(dx, c.fc2)
+        dh, grads[b + "mlp.fc1.weight"], grads[b + "mlp.fc1.bias"] = ops.linear_gelu_backward(dh, c.fc1)
+        dh, grads[b + "norm2.weight"], grads[b + "norm2.bias"] = ops.layernorm_backward(dh, c.norm2)
+        dx = ops.add(dx, dh)
+        # x = x + proj(attention(qkv(norm1(x))))
+        dh, grads[b + "attn.proj.weight"], grads[b + "attn.proj.bias"] = ops.linear_backward(dx, c.proj)
+        dh = ops.attention_backward(dh, c.attn)  # (B, N, 3D)
+        dh, grads[b + "attn.qkv.weight"], grads[b + "attn.qkv.bias"] = ops.linear_backward(dh, c.qkv)
+        dh, grads[b + "norm1.weight"], grads[b + "norm1.bias"] = ops.layernorm_backward(dh, c.norm1)
+        dx = ops.add(dx, dh)
+    dx, grads["cls_token"], grads["pos_embed"] = ops.embed_backward(dx, cache.embed)
+    _, grads["patch_embed.weight"], grads["patch_embed.bias"] = ops.linear_backward(dx, cache.patch_embed)
+    return {k: grads[k] for k in param_shapes(cfg)}  # forward order
+
+
+def loss_and_grads(cfg: ViTConfig, ops, params: dict, images, labels, label_smoothing: float = 0.0):
+    """The pure training function: (params, images, labels) -> (loss, grads, logits).
+
+    Nothing is read from or written to anywhere else, so a backend may compile it
+    (`ops.jit`). images are backend arrays of the parameters' dtype, labels (B,)
+    integers already checked; loss is a backend scalar, grads a dict like params."""
+    logits, cache = forward(cfg, ops, params, images)
+    loss, c_loss = ops.cross_entropy_forward(logits, labels, label_smoothing)
+    grads = backward(cfg, ops, ops.cross_entropy_backward(1.0, c_loss), cache)
+    return loss, grads, logits
+
+
+def logits_and_attention(cfg: ViTConfig, ops, params: dict, images, return_attention: bool = False):
+    """Logits (B, K), and with return_attention every block's attention probabilities (B, H, N, N)."""
+    logits, cache = forward(cfg, ops, params, images)
+    if not return_attention:
+        return logits
+    return logits, [ops.attention_probs(blk.attn) for blk in cache.blocks]
+
+
 class ViT:
     """A Vision Transformer with a hand-written backward pass.
 
     model = ViT(cfg, seed=0, dtype=np.float32, backend="numpy")
-    model.params                                  # name -> array, live: writing into them changes the model
+    model.params                                  # name -> array; an optimiser step replaces the dict
     logits = model.forward(images)                # (B, H, W, C) -> (B, K)
     logits, probs = model.forward(images, return_attention=True)   # probs: per block (B, H, N, N)
     loss, grads = model.loss_and_grads(images, labels)             # grads: same keys and shapes as params
+
+    The methods check their inputs, then call the pure functions of this module on
+    model.params (compiled once per model where the backend compiles, e.g. `jax`).
     """
 
     def __init__(self, cfg: ViTConfig, seed: int = 0, dtype=np.float32, backend: str = "numpy", params=None):
@@ -114,8 +217,13 @@ class ViT:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         self.cfg, self.dtype = cfg, dtype
         self.backend = get_backend(backend)
+        self.backend.use_dtype(dtype)
         host = init_params(cfg, seed, dtype) if params is None else self._checked_params(params)
         self.params = {k: self.backend.asarray(v, dtype) for k, v in host.items()}
+        ops = self.backend
+        self._loss_and_grads = ops.jit(lambda p, x, y, s: loss_and_grads(cfg, ops, p, x, y, s))
+        self._logits = ops.jit(lambda p, x: logits_and_attention(cfg, ops, p, x))
+        self._logits_attention = ops.jit(lambda p, x: logits_and_attention(cfg, ops, p, x, True))
 
     # -- parameters -------------------------------------------------------------------------
 
@@ -179,81 +287,31 @@ class ViT:
 
     # -- forward and backward ---------------------------------------------------------------
 
-    def _forward(self, images):
-        """Logits (B, K) and the caches backward needs, in order."""
-        cfg, p, ops = self.cfg, self.params, self.backend
-        x = ops.patchify(ops.asarray(images, self.dtype), cfg.patch_size)  # (B, N-1, P*P*C)
-        x, c_patch = ops.linear_forward(x, p["patch_embed.weight"], p["patch_embed.bias"])  # (B, N-1, D)
-        x, c_embed = ops.embed_forward(x, p["cls_token"], p["pos_embed"])  # (B, N, D)
-        blocks = []
-        for i in range(cfg.depth):
-            b = f"blocks.{i}."
-            h, c_n1 = ops.layernorm_forward(x, p[b + "norm1.weight"], p[b + "norm1.bias"])
-            h, c_qkv = ops.linear_forward(h, p[b + "attn.qkv.weight"], p[b + "attn.qkv.bias"])  # (B, N, 3D)
-            h, c_attn = ops.attention_forward(h, cfg.heads)  # (B, N, D)
-            h, c_proj = ops.linear_forward(h, p[b + "attn.proj.weight"], p[b + "attn.proj.bias"])
-            x = ops.add(x, h)
-            h, c_n2 = ops.layernorm_forward(x, p[b + "norm2.weight"], p[b + "norm2.bias"])
-            h, c_fc1 = ops.linear_gelu_forward(h, p[b + "mlp.fc1.weight"], p[b + "mlp.fc1.bias"])  # (B, N, M)
-            h, c_fc2 = ops.linear_forward(h, p[b + "mlp.fc2.weight"], p[b + "mlp.fc2.bias"])
-            x = ops.add(x, h)
-            blocks.append((c_n1, c_qkv, c_attn, c_proj, c_n2, c_fc1, c_fc2))
-        x, c_cls = ops.class_token_forward(x)  # (B, D)
-        x, c_norm = ops.layernorm_forward(x, p["norm.weight"], p["norm.bias"])
-        logits, c_head = ops.linear_forward(x, p["head.weight"], p["head.bias"])  # (B, K)
-        return logits, (c_patch, c_embed, blocks, c_cls, c_norm, c_head)
-
     def forward(self, images, return_attention: bool = False):
         """(B, H, W, C) images -> (B, K) logits as a NumPy array.
 
         With return_attention=True, also the list of every block's attention
         probabilities, each (B, H, N, N)."""
-        logits, caches = self._forward(self.check_images(images))
+        x = self.backend.asarray(self.check_images(images), self.dtype)
         if not return_attention:
-            return self.backend.to_numpy(logits)
-        probs = [self.backend.to_numpy(self.backend.attention_probs(blk[2])) for blk in caches[2]]
-        return self.backend.to_numpy(logits), probs
+            return self.backend.to_numpy(self._logits(self.params, x))
+        logits, probs = self._logits_attention(self.params, x)
+        return self.backend.to_numpy(logits), [self.backend.to_numpy(p) for p in probs]
 
     __call__ = forward
-
-    def _backward(self, dlogits, caches):
-        """The chain rule, layer by layer in reverse; gradients of shared x are summed here."""
-        cfg, ops = self.cfg, self.backend
-        c_patch, c_embed, blocks, c_cls, c_norm, c_head = caches
-        grads = {}
-        dx, grads["head.weight"], grads["head.bias"] = ops.linear_backward(dlogits, c_head)
-        dx, grads["norm.weight"], grads["norm.bias"] = ops.layernorm_backward(dx, c_norm)
-        dx = ops.class_token_backward(dx, c_cls)  # (B, N, D)
-        for i in reversed(range(cfg.depth)):
-            b = f"blocks.{i}."
-            c_n1, c_qkv, c_attn, c_proj, c_n2, c_fc1, c_fc2 = blocks[i]
-            # x = x + fc2(gelu(fc1(norm2(x)))): the residual passes dx through unchanged
-            dh, grads[b + "mlp.fc2.weight"], grads[b + "mlp.fc2.bias"] = ops.linear_backward(dx, c_fc2)
-            dh, grads[b + "mlp.fc1.weight"], grads[b + "mlp.fc1.bias"] = ops.linear_gelu_backward(dh, c_fc1)
-            dh, grads[b + "norm2.weight"], grads[b + "norm2.bias"] = ops.layernorm_backward(dh, c_n2)
-            dx = ops.add(dx, dh)
-            # x = x + proj(attention(qkv(norm1(x))))
-            dh, grads[b + "attn.proj.weight"], grads[b + "attn.proj.bias"] = ops.linear_backward(dx, c_proj)
-            dh = ops.attention_backward(dh, c_attn)  # (B, N, 3D)
-            dh, grads[b + "attn.qkv.weight"], grads[b + "attn.qkv.bias"] = ops.linear_backward(dh, c_qkv)
-            dh, grads[b + "norm1.weight"], grads[b + "norm1.bias"] = ops.layernorm_backward(dh, c_n1)
-            dx = ops.add(dx, dh)
-        dx, grads["cls_token"], grads["pos_embed"] = ops.embed_backward(dx, c_embed)
-        _, grads["patch_embed.weight"], grads["patch_embed.bias"] = ops.linear_backward(dx, c_patch)
-        return {k: grads[k] for k in self.params}  # forward order
 
     def loss_and_grads(self, images, labels, label_smoothing: float = 0.0, return_logits: bool = False):
         """Mean cross-entropy over the batch and the gradient of every parameter.
 
         Returns (loss, grads), or (loss, grads, logits) with return_logits=True.
-        grads has the same keys and shapes as params (backend arrays)."""
+        loss is a backend scalar (float(loss) makes it a Python float); grads has the
+        same keys and shapes as params (backend arrays); logits come back as NumPy."""
         images = self.check_images(images)
         labels = self.check_labels(labels, images.shape[0])
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        logits, caches = self._forward(images)
-        loss, c_loss = self.backend.cross_entropy_forward(logits, labels, label_smoothing)
-        grads = self._backward(self.backend.cross_entropy_backward(1.0, c_loss), caches)
+        x = self.backend.asarray(images, self.dtype)
+        loss, grads, logits = self._loss_and_grads(self.params, x, labels, label_smoothing)
         if return_logits:
             return loss, grads, self.backend.to_numpy(logits)
         return loss, grads

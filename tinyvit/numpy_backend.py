@@ -4,7 +4,7 @@ import numpy as np
 
 from . import layers
 from .backend import Backend
-from .optim import adamw_update, scale_, sum_of_squares
+from .optim import adamw_update, scale, sum_of_squares
 
 
 def _asarray(x, dtype=None):
@@ -17,7 +17,8 @@ BACKEND = Backend(
     to_numpy=lambda a: np.array(a, copy=True),
     zeros_like=np.zeros_like,
     add=np.add,
-    patchify=layers.patchify,
+    patchify_forward=layers.patchify_forward,
+    patchify_backward=layers.patchify_backward,
     linear_forward=layers.linear_forward,
     linear_backward=layers.linear_backward,
     linear_gelu_forward=layers.linear_gelu_forward,
@@ -35,5 +36,5 @@ BACKEND = Backend(
     cross_entropy_backward=layers.cross_entropy_backward,
     adamw_update=adamw_update,
     sum_of_squares=sum_of_squares,
-    scale_=scale_,
+    scale=scale,
 )

@@ -1,8 +1,15 @@
 """AdamW with decoupled weight decay, the learning-rate schedule and gradient clipping.
 
-`adamw_update`, `sum_of_squares` and `scale_` are the NumPy specification of
-the optimiser ops every backend implements; `AdamW` drives whichever backend's
-versions over all of a model's parameters.
+The optimiser is written as pure functions over dicts of arrays, so that one
+training step can be compiled as a whole (the `jax` backend does):
+
+    grads, norm = clip_by_global_norm(ops, grads, clip_norm)
+    params, state = adamw_apply(ops, params, grads, state, hp)
+
+`adamw_update`, `sum_of_squares` and `scale` are the NumPy specification of the
+per-array ops every backend implements; nothing writes into its inputs. The
+gradient norm stays a backend scalar; callers make it a Python float where they
+check or print it. `AdamW` drives these functions for a model on a host backend.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+
+from .layers.xp import accumulator_dtype, namespace
 
 
 class AdamWStep(NamedTuple):
@@ -24,32 +33,49 @@ class AdamWStep(NamedTuple):
     step: int  # 1-based, for the bias corrections
 
 
+class AdamWHyper(NamedTuple):
+    """The settings of AdamW shared by every parameter."""
+
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+
+
+class AdamWState(NamedTuple):
+    """Where the optimiser is: the number of steps taken and both moments of every parameter."""
+
+    step: int
+    m: dict
+    v: dict
+
+
 def adamw_update(param, grad, m, v, hp):
-    """One AdamW step, in place on param, m and v (Loshchilov & Hutter, decoupled decay).
+    """One AdamW step (Loshchilov & Hutter, decoupled decay) -> new (param, m, v).
 
     param <- param - lr * wd * param          (decay, independent of the gradient)
     m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2
     param <- param - lr * mhat / (sqrt(vhat) + eps), with mhat, vhat bias-corrected.
     """
-    param *= 1.0 - hp.lr * hp.weight_decay
-    m *= hp.beta1
-    m += (1.0 - hp.beta1) * grad
-    v *= hp.beta2
-    v += (1.0 - hp.beta2) * grad * grad
+    xp = namespace(param)
+    m = hp.beta1 * m + (1.0 - hp.beta1) * grad
+    v = hp.beta2 * v + (1.0 - hp.beta2) * grad * grad
     mhat = m / (1.0 - hp.beta1**hp.step)
     vhat = v / (1.0 - hp.beta2**hp.step)
-    param -= (hp.lr * mhat / (np.sqrt(vhat) + hp.eps)).astype(param.dtype, copy=False)
+    param = param * (1.0 - hp.lr * hp.weight_decay) - hp.lr * mhat / (xp.sqrt(vhat) + hp.eps)
+    return param.astype(m.dtype, copy=False), m, v
 
 
 def sum_of_squares(arrays):
-    """sum over all arrays of sum(a^2), in float64: the square of the global norm."""
-    return float(sum(np.dot(a.ravel().astype(np.float64), a.ravel().astype(np.float64)) for a in arrays))
+    """sum over all arrays of sum(a^2), accumulated in float64 where there is one: the squared global norm."""
+    xp = namespace(*arrays)
+    acc = accumulator_dtype(xp)
+    return sum(xp.vdot(a.ravel().astype(acc), a.ravel().astype(acc)) for a in arrays)
 
 
-def scale_(arrays, factor):
-    """Multiply every array by factor, in place."""
-    for a in arrays:
-        a *= factor
+def scale(arrays, factor):
+    """Every array times factor (a Python float or a scalar of the arrays' kind), as new arrays."""
+    return [(a * factor).astype(a.dtype, copy=False) for a in arrays]
 
 
 def no_decay(name: str) -> bool:
@@ -68,57 +94,86 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t))
 
 
+# -- the whole optimiser, as pure functions over name -> array dicts ------------------------------
+
+
+def global_norm(ops, grads: dict):
+    """sqrt(sum of every gradient's squares), a backend scalar."""
+    return namespace(*grads.values()).sqrt(ops.sum_of_squares(list(grads.values())))
+
+
+def clip_by_global_norm(ops, grads: dict, clip_norm: float):
+    """Scale all gradients together so their global norm is at most clip_norm (0: no clipping).
+
+    Returns (grads, norm before clipping). The factor min(1, clip / (norm + 1e-6)) is
+    computed without a branch on the norm, so it also runs inside a compiled step."""
+    norm = global_norm(ops, grads)
+    if not clip_norm:
+        return grads, norm
+    factor = namespace(norm).minimum(1.0, clip_norm / (norm + 1e-6))
+    return dict(zip(grads, ops.scale(list(grads.values()), factor))), norm
+
+
+def adamw_init(ops, params: dict) -> AdamWState:
+    """Step 0 and zero moments beside each parameter (on the device for `cuda`)."""
+    return AdamWState(0, {k: ops.zeros_like(p) for k, p in params.items()}, {k: ops.zeros_like(p) for k, p in params.items()})
+
+
+def adamw_apply(ops, params: dict, grads: dict, state: AdamWState, lr, hp: AdamWHyper):
+    """One AdamW step of every parameter -> (new params, new state); the inputs are unchanged."""
+    step = state.step + 1
+    new_params, m, v = {}, {}, {}
+    for name, p in params.items():
+        wd = 0.0 if no_decay(name) else hp.weight_decay
+        one = AdamWStep(lr, hp.beta1, hp.beta2, hp.eps, wd, step)
+        new_params[name], m[name], v[name] = ops.adamw_update(p, grads[name], state.m[name], state.v[name], one)
+    return new_params, AdamWState(step, m, v)
+
+
 class AdamW:
     """AdamW over a model's parameters, with global-norm clipping, on the model's backend.
 
-    The moments live beside the parameters (on the device for `cuda`);
-    `state_dict` / `load_state_dict` move them to and from NumPy for checkpoints.
+    Each `step` replaces model.params with the updated arrays. The moments live beside
+    the parameters (on the device for `cuda`); `state_dict` / `load_state_dict` move
+    them to and from NumPy for checkpoints.
     """
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05, clip_norm=1.0):
         self.model = model
         self.backend = model.backend
-        self.lr, self.betas, self.eps = lr, betas, eps
-        self.weight_decay, self.clip_norm = weight_decay, clip_norm
-        self.step_count = 0
-        self.m = {k: self.backend.zeros_like(p) for k, p in model.params.items()}
-        self.v = {k: self.backend.zeros_like(p) for k, p in model.params.items()}
+        self.lr, self.clip_norm = lr, clip_norm
+        self.hyper = AdamWHyper(betas[0], betas[1], eps, weight_decay)
+        self.state = adamw_init(self.backend, model.params)
 
-    def clip(self, grads) -> float:
-        """Scale grads in place so their global norm is at most clip_norm; returns the norm before."""
-        norm = math.sqrt(self.backend.sum_of_squares(list(grads.values())))
-        if self.clip_norm and norm > self.clip_norm:
-            self.backend.scale_(list(grads.values()), self.clip_norm / (norm + 1e-6))
-        return norm
+    @property
+    def step_count(self) -> int:
+        return int(self.state.step)
 
     def step(self, grads, lr=None) -> float:
-        """Clip, then update every parameter in place. Returns the gradient norm before clipping.
+        """Clip, then update every parameter. Returns the gradient norm before clipping, a float.
 
         A non-finite gradient norm raises FloatingPointError before any parameter or moment changes."""
-        norm = self.clip(grads)
+        grads, norm = clip_by_global_norm(self.backend, grads, self.clip_norm)
+        norm = float(norm)
         if not math.isfinite(norm):
             raise FloatingPointError(f"gradient norm is {norm}; no parameter was updated")
-        self.step_count += 1
         lr = self.lr if lr is None else lr
-        b1, b2 = self.betas
-        for name, p in self.model.params.items():
-            wd = 0.0 if no_decay(name) else self.weight_decay
-            hp = AdamWStep(lr, b1, b2, self.eps, wd, self.step_count)
-            self.backend.adamw_update(p, grads[name], self.m[name], self.v[name], hp)
+        self.model.params, self.state = adamw_apply(self.backend, self.model.params, grads, self.state, lr, self.hyper)
         return norm
 
     def state_dict(self) -> dict:
-        out = {"step": np.int64(self.step_count)}
-        for k in self.m:
-            out[f"m/{k}"] = self.backend.to_numpy(self.m[k])
-            out[f"v/{k}"] = self.backend.to_numpy(self.v[k])
+        out = {"step": np.int64(self.state.step)}
+        for k in self.state.m:
+            out[f"m/{k}"] = self.backend.to_numpy(self.state.m[k])
+            out[f"v/{k}"] = self.backend.to_numpy(self.state.v[k])
         return out
 
     def load_state_dict(self, state: dict) -> None:
-        for k in self.m:
-            for moment, store in (("m", self.m), ("v", self.v)):
+        moments = {"m": dict(self.state.m), "v": dict(self.state.v)}
+        for k in self.state.m:
+            for moment, store in moments.items():
                 arr = np.asarray(state[f"{moment}/{k}"])
                 if arr.shape != tuple(store[k].shape):
                     raise ValueError(f"optimizer state {moment}/{k} has shape {arr.shape}, expected {tuple(store[k].shape)}")
                 store[k] = self.backend.asarray(arr, self.model.dtype)
-        self.step_count = int(state["step"])
+        self.state = AdamWState(int(state["step"]), moments["m"], moments["v"])

@@ -276,6 +276,7 @@ def train(args) -> dict:
                     batch = augment_batch(batch, np.random.default_rng([args.seed, epoch, b]), pad=max(1, size // 8))
                 x, y = normalize(batch, mean, std, dtype=model.dtype), ds.train_labels[idx]
                 loss, grads, logits = model.loss_and_grads(x, y, args.label_smoothing, return_logits=True)
+                loss = float(loss)  # a backend scalar inside the step; a Python float from here on
                 if not math.isfinite(loss):
                     bar.close()
                     raise NonFiniteLoss(f"loss is {loss} at step {state['step'] + 1} (epoch {epoch + 1}, batch {b + 1}); "

@@ -2,7 +2,8 @@
 
 Each `x_forward(...)` returns (out, cache); each `x_backward(dout, cache)`
 returns the gradients of forward's array arguments, in order. Nothing here
-writes into its inputs. Faster backends are checked against these.
+writes into its inputs, and every line runs on NumPy arrays and on JAX arrays
+(see xp.py). Faster backends are checked against these.
 """
 
 from .attention import attention_backward, attention_forward, softmax
@@ -16,7 +17,7 @@ from .gelu import gelu_backward, gelu_forward, linear_gelu_backward, linear_gelu
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
-from .patchify import patchify, patchify_backward, unpatchify
+from .patchify import patchify, patchify_backward, patchify_forward, unpatchify
 
 __all__ = [
     "attention_backward",
@@ -37,6 +38,7 @@ __all__ = [
     "linear_gelu_forward",
     "patchify",
     "patchify_backward",
+    "patchify_forward",
     "softmax",
     "unpatchify",
 ]

@@ -11,10 +11,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .xp import namespace
+
 
 def softmax(x, axis=-1):
     """Numerically stable softmax: subtracting the row max changes nothing but avoids overflow."""
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    e = namespace(x).exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
 
@@ -43,7 +45,7 @@ def attention_forward(qkv, heads):
     q, k, v = split_heads(qkv, heads)
     scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float keeps float32 arrays float32
     scores = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, H, N, N)
-    probs = softmax(scores).astype(qkv.dtype, copy=False)
+    probs = softmax(scores)  # (B, H, N, N), the dtype of qkv
     out = merge_heads(probs @ v)  # (B, N, D)
     return out, AttentionCache(qkv, probs, heads)
 
@@ -66,4 +68,4 @@ def attention_backward(dout, cache):
     dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
     dq = (dscores @ k) * scale
     dk = (dscores.transpose(0, 1, 3, 2) @ q) * scale
-    return np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
+    return namespace(dout).concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)

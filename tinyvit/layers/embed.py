@@ -7,19 +7,20 @@ after the last block the head reads it. The position embedding is a learned
 
 from typing import NamedTuple
 
-import numpy as np
+from .xp import namespace
 
 
 class EmbedCache(NamedTuple):
-    batch: int
+    """Empty: the backward of a concatenation and an add needs nothing but dout."""
 
 
 def embed_forward(x, cls_token, pos_embed):
     """x (B, N-1, D), cls_token (D,), pos_embed (N, D) -> (B, N, D)."""
+    xp = namespace(x)
     B, _, D = x.shape
-    cls = np.broadcast_to(cls_token, (B, 1, D))
-    out = np.concatenate([cls, x], axis=1) + pos_embed  # (B, N, D)
-    return out, EmbedCache(B)
+    cls = xp.broadcast_to(cls_token, (B, 1, D))
+    out = xp.concatenate([cls, x], axis=1) + pos_embed  # (B, N, D)
+    return out, EmbedCache()
 
 
 def embed_backward(dout, cache):
@@ -45,6 +46,6 @@ def class_token_forward(x):
 def class_token_backward(dout, cache):
     """dout (B, D) -> dx (B, N, D): zero everywhere but row 0."""
     B, D = dout.shape
-    dx = np.zeros((B, cache.num_tokens, D), dtype=dout.dtype)
-    dx[:, 0] = dout
-    return dx
+    xp = namespace(dout)
+    rest = xp.zeros((B, cache.num_tokens - 1, D), dtype=dout.dtype)
+    return xp.concatenate([dout[:, None], rest], axis=1)

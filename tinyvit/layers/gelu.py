@@ -12,9 +12,9 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from scipy.special import erfc
 
 from .linear import linear_backward, linear_forward
+from .xp import erfc, namespace
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -34,7 +34,7 @@ def gelu_backward(dout, cache):
     """d gelu / dx = Phi(x) + x phi(x): the Gaussian CDF plus x times its density."""
     x = cache.x
     cdf = 0.5 * erfc(-x * _INV_SQRT2)
-    pdf = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
+    pdf = _INV_SQRT_2PI * namespace(x).exp(-0.5 * x * x)
     return (dout * (cdf + x * pdf)).astype(x.dtype, copy=False)
 
 

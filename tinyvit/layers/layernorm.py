@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .xp import namespace
+
 EPS = 1e-6  # as in the paper's reference code
 
 
@@ -22,7 +24,7 @@ def layernorm_forward(x, weight, bias, eps=EPS):
     """(..., D) -> (..., D), normalised per row, then scaled and shifted."""
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)  # biased variance, as in the definition
-    rstd = 1.0 / np.sqrt(var + eps)
+    rstd = 1.0 / namespace(x).sqrt(var + eps)
     xhat = (x - mean) * rstd
     return xhat * weight + bias, LayerNormCache(x, weight, mean, rstd)
 

@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .xp import namespace
+
 
 class CrossEntropyCache(NamedTuple):
     probs: np.ndarray  # (B, K)
@@ -16,18 +18,22 @@ class CrossEntropyCache(NamedTuple):
 
 
 def _targets(labels, num_classes, smoothing, dtype):
-    t = np.full((labels.shape[0], num_classes), smoothing / num_classes, dtype=dtype)
-    t[np.arange(labels.shape[0]), labels] += 1.0 - smoothing
-    return t  # (B, K)
+    xp = namespace(labels)
+    onehot = (labels[:, None] == xp.arange(num_classes)).astype(dtype)  # (B, K)
+    return onehot * (1.0 - smoothing) + smoothing / num_classes
 
 
 def cross_entropy_forward(logits, labels, smoothing=0.0):
-    """logits (B, K), labels (B,) ints in [0, K) -> (loss, a Python float; cache)."""
+    """logits (B, K), labels (B,) ints in [0, K) -> (loss, a scalar of the logits' array type; cache).
+
+    The loss stays an array scalar, so a compiled step never waits for it; callers
+    turn it into a Python float where they print or log it."""
+    xp = namespace(logits)
     shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # log-sum-exp, stable
+    log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))  # log-sum-exp, stable
     targets = _targets(labels, logits.shape[1], smoothing, logits.dtype)
     loss = -(targets * log_probs).sum() / logits.shape[0]
-    return float(loss), CrossEntropyCache(np.exp(log_probs), labels, smoothing)
+    return loss, CrossEntropyCache(xp.exp(log_probs), labels, smoothing)
 
 
 def cross_entropy_backward(dloss, cache):

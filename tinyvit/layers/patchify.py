@@ -5,10 +5,22 @@ N-1 = (H/P)*(W/P) vectors of length P*P*C. Within a patch the vector runs over
 (row, column, channel); patches run row-major over the grid, so this layout
 matches a (P, P, C, D) convolution kernel reshaped to (P*P*C, D).
 
-Patchify is a pure rearrangement, so its backward is its inverse.
+Patchify is a pure rearrangement, so its backward is its inverse. In a ViT the
+images carry no gradient, so the model never calls the backward; it is here
+because every layer has one, and because it is the clearest picture of what
+patchify does: the same numbers, moved.
 """
 
-import numpy as np
+from typing import NamedTuple
+
+
+class PatchifyCache(NamedTuple):
+    """The image shape backward puts the numbers back into."""
+
+    patch_size: int
+    height: int
+    width: int
+    channels: int
 
 
 def patchify(images, patch_size):
@@ -18,18 +30,24 @@ def patchify(images, patch_size):
     gh, gw = H // P, W // P
     x = images.reshape(B, gh, P, gw, P, C)  # (B, gh, P, gw, P, C)
     x = x.transpose(0, 1, 3, 2, 4, 5)  # (B, gh, gw, P, P, C): grid first, then inside the patch
-    return np.ascontiguousarray(x).reshape(B, gh * gw, P * P * C)
+    return x.reshape(B, gh * gw, P * P * C)  # the reshape of a transposed array copies
 
 
-def unpatchify(patches, patch_size, image_size, channels):
-    """(B, N-1, P*P*C) patches -> (B, H, W, C) images; the inverse of patchify (square images)."""
+def unpatchify(patches, patch_size, height, width, channels):
+    """(B, N-1, P*P*C) patches -> (B, H, W, C) images; the inverse of patchify."""
     B = patches.shape[0]
     P, C = patch_size, channels
-    g = image_size // P
-    x = patches.reshape(B, g, g, P, P, C).transpose(0, 1, 3, 2, 4, 5)  # (B, g, P, g, P, C)
-    return np.ascontiguousarray(x).reshape(B, g * P, g * P, C)
+    gh, gw = height // P, width // P
+    x = patches.reshape(B, gh, gw, P, P, C).transpose(0, 1, 3, 2, 4, 5)  # (B, gh, P, gw, P, C)
+    return x.reshape(B, gh * P, gw * P, C)
 
 
-def patchify_backward(dpatches, patch_size, image_size, channels):
-    """Gradient of patchify: the same numbers moved back to their pixels."""
-    return unpatchify(dpatches, patch_size, image_size, channels)
+def patchify_forward(images, patch_size):
+    """(B, H, W, C) images -> (B, N-1, P*P*C) patches, and the cache backward needs."""
+    _, H, W, C = images.shape
+    return patchify(images, patch_size), PatchifyCache(patch_size, H, W, C)
+
+
+def patchify_backward(dpatches, cache):
+    """dpatches (B, N-1, P*P*C) -> dimages (B, H, W, C): each number back at its pixel."""
+    return unpatchify(dpatches, *cache)
