@@ -79,9 +79,11 @@ _LOADERS: dict[str, str | Callable[[], Backend]] = {
     "numpy": "tinyvit.numpy_backend:BACKEND",
     "numba": "tinyvit.kernels.numba_backend:BACKEND",
     "cuda": "tinyvit.kernels.cuda_backend:BACKEND",
+    "jax": "tinyvit.jax_backend:BACKEND",
 }
 _LOADED: dict[str, Backend] = {}
-# Fastest first: the default backend is the first of these that loads and runs here.
+# Fastest first: the default backend is the first of these that loads and runs here
+# (`jax` is chosen by name: it is for scale-out, and the trainer runs it as one compiled step).
 PREFERENCE = ("cuda", "numba", "numpy")
 
 
