@@ -26,6 +26,7 @@ from typing import NamedTuple
 from numba import cuda, float64
 
 from . import cuda_common as common
+from .cuda_common import MAX_ROW_THREADS
 from .cuda_matmul import matmul
 from .cuda_reduce import block_max, block_sum, reduce_threads
 
@@ -87,7 +88,7 @@ def merge_heads(x, batch, heads):
 @cuda.jit
 def _softmax_kernel(x, scale):
     """x (rows, N) <- softmax(scale * x) per row, in place. One block per row; scale > 0."""
-    scratch = cuda.shared.array(common.MAX_ROW_THREADS, float64)
+    scratch = cuda.shared.array(MAX_ROW_THREADS, float64)
     r = cuda.blockIdx.x
     t, nt = cuda.threadIdx.x, cuda.blockDim.x
     N = x.shape[1]
@@ -106,7 +107,7 @@ def _softmax_kernel(x, scale):
 @cuda.jit
 def _softmax_backward_kernel(probs, dprobs, scale):
     """dprobs (rows, N) <- scale * probs * (dprobs - sum_j dprobs * probs), in place. One block per row."""
-    scratch = cuda.shared.array(common.MAX_ROW_THREADS, float64)
+    scratch = cuda.shared.array(MAX_ROW_THREADS, float64)
     r = cuda.blockIdx.x
     t, nt = cuda.threadIdx.x, cuda.blockDim.x
     N = probs.shape[1]

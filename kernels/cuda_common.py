@@ -15,7 +15,7 @@ ELEMENT_THREADS = 256
 # Threads per block of the row kernels (one block per row: LayerNorm, softmax, cross-entropy).
 # A power of two, at most MAX_ROW_THREADS, the size of their shared scratch.
 ROW_THREADS = 128
-MAX_ROW_THREADS = 1024
+MAX_ROW_THREADS = 1024  # kernels import this name itself: numba.cuda needs a shared array's size as a literal
 
 # Under NUMBA_ENABLE_CUDASIM=1 kernels run as Python threads, and the simulator
 # has no warp shuffles (cuda.shfl_*_sync); the reductions then use shared memory.

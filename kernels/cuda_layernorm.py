@@ -24,6 +24,7 @@ from numba import cuda, float64
 
 from . import cuda_common as common
 from . import cuda_reduce
+from .cuda_common import MAX_ROW_THREADS
 from .cuda_elementwise import fill
 from .cuda_reduce import block_sum, reduce_threads
 
@@ -40,7 +41,7 @@ class LayerNormCache(NamedTuple):
 @cuda.jit
 def _forward_kernel(x, weight, bias, eps, out, mean, rstd):
     """x, out (rows, D); mean, rstd (rows,). One block per row."""
-    scratch = cuda.shared.array(common.MAX_ROW_THREADS, float64)
+    scratch = cuda.shared.array(MAX_ROW_THREADS, float64)
     r = cuda.blockIdx.x
     t, nt = cuda.threadIdx.x, cuda.blockDim.x
     D = x.shape[1]
@@ -63,7 +64,7 @@ def _forward_kernel(x, weight, bias, eps, out, mean, rstd):
 @cuda.jit
 def _backward_dx_kernel(dout, x, weight, mean, rstd, dx):
     """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * weight. One block per row."""
-    scratch = cuda.shared.array(common.MAX_ROW_THREADS, float64)
+    scratch = cuda.shared.array(MAX_ROW_THREADS, float64)
     r = cuda.blockIdx.x
     t, nt = cuda.threadIdx.x, cuda.blockDim.x
     D = x.shape[1]

@@ -21,6 +21,7 @@ import numpy as np
 from numba import cuda, float64
 
 from . import cuda_common as common
+from .cuda_common import MAX_ROW_THREADS
 from .cuda_elementwise import fill
 from .cuda_reduce import block_max, block_sum, reduce_threads
 
@@ -33,7 +34,7 @@ class CrossEntropyCache(NamedTuple):
 
 @cuda.jit
 def _forward_kernel(logits, labels, smoothing, probs, total):
-    scratch = cuda.shared.array(common.MAX_ROW_THREADS, float64)
+    scratch = cuda.shared.array(MAX_ROW_THREADS, float64)
     r = cuda.blockIdx.x
     t, nt = cuda.threadIdx.x, cuda.blockDim.x
     B, K = logits.shape

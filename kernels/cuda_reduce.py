@@ -34,6 +34,7 @@ import numpy as np
 from numba import cuda, float64
 
 from . import cuda_common as common
+from .cuda_common import MAX_ROW_THREADS
 from .cuda_elementwise import fill
 
 FULL_MASK = 0xFFFFFFFF  # every lane of the warp takes part in the shuffle
@@ -157,7 +158,7 @@ def reduce_threads(width: int) -> int:
 @cuda.jit
 def _sum_of_squares_kernel(x, total):
     """total[0] += sum(x^2); x is 1-D, total a float64 (1,) array."""
-    scratch = cuda.shared.array(common.MAX_ROW_THREADS, float64)
+    scratch = cuda.shared.array(MAX_ROW_THREADS, float64)
     acc = 0.0
     for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):  # grid-stride: any size, a fixed grid
         v = float64(x[i])

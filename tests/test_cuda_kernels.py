@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numba import cuda
+from numba import cuda, float64
 from tinyvit.kernels import cuda_backend as cb
 from tinyvit.kernels import cuda_common, cuda_matmul, cuda_reduce
 from tinyvit.kernels.cuda_attention import softmax_rows_
+from tinyvit.kernels.cuda_common import MAX_ROW_THREADS
 from tinyvit.kernels.cuda_matmul import Blocking, matmul
 
 from tinyvit import layers
@@ -133,7 +134,7 @@ def test_matmul_rejects_mismatched_inner_dimensions():
 @cuda.jit
 def _block_reduce_shared_kernel(x, sums, maxes):
     """Every thread of one block reports the block's sum and max of x (strided over x)."""
-    scratch = cuda.shared.array(cuda_common.MAX_ROW_THREADS, np.float64)
+    scratch = cuda.shared.array(MAX_ROW_THREADS, float64)
     t = cuda.threadIdx.x
     s, m = 0.0, -np.inf
     for j in range(t, x.size, cuda.blockDim.x):
@@ -145,7 +146,7 @@ def _block_reduce_shared_kernel(x, sums, maxes):
 
 @cuda.jit
 def _block_reduce_warp_kernel(x, sums, maxes):
-    scratch = cuda.shared.array(cuda_common.MAX_ROW_THREADS, np.float64)
+    scratch = cuda.shared.array(MAX_ROW_THREADS, float64)
     t = cuda.threadIdx.x
     s, m = 0.0, -np.inf
     for j in range(t, x.size, cuda.blockDim.x):
