@@ -89,7 +89,7 @@ def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_check
     monkeypatch.setattr(ViT, "loss_and_grads", poisoned)
     with pytest.raises(SystemExit) as exit_info:
         main(SMALL + ["--out", str(tmp_path / "run"), "--epochs", "3"])
-    assert "loss is nan at step 6" in str(exit_info.value) and "last good checkpoint" in str(exit_info.value)
+    assert "step 6 (epoch 2, batch 2): loss is nan" in str(exit_info.value) and "last good checkpoint" in str(exit_info.value)
     ck = load_checkpoint(tmp_path / "run" / "checkpoint.npz")
     assert ck.state["epoch"] == 1 and ck.state["step"] == 4, "the checkpoint of epoch 1 is untouched"
 

@@ -23,14 +23,16 @@ import math
 import signal
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .backend import backend_names, default_backend, get_backend
+from .backend import Backend, backend_names, default_backend, get_backend
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import PRESETS, get_preset
-from .data.base import resize_images
+from .config import PRESETS, ViTConfig, get_preset
+from .data.base import Dataset, resize_images
 from .evaluate import evaluate_arrays
 from .model import ViT, count_params
 from .optim import AdamW, lr_at
@@ -134,44 +136,135 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def _kept(ckpt_path: Path) -> str:
-    return f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint was written yet"
+# -- the step ----------------------------------------------------------------------------------
+
+
+def to_float(backend: Backend, scalar) -> float:
+    """A backend scalar (a number, or a one-element backend array) as a Python float.
+
+    The trainer calls it only where a number is shown or written, so a device
+    backend copies a scalar to the host only then."""
+    if isinstance(scalar, (int, float, np.number)):
+        return float(scalar)
+    return float(np.asarray(backend.to_numpy(scalar)).reshape(-1)[0])
+
+
+class StepResult(NamedTuple):
+    """What one training step reports, as backend scalars (see to_float)."""
+
+    loss: Any  # the batch's mean loss, label smoothing included
+    grad_norm: Any  # the global gradient norm, before clipping
+    correct: Any  # how many of the batch's images the model (before this update) classified right
+
+
+class HostStep:
+    """One optimiser step on a backend driven from Python (numpy, numba, cuda).
+
+        step = HostStep(model, optimizer, label_smoothing)
+        result = step(images, labels, lr)      # -> StepResult
+
+    The state lives where the backend keeps it: the parameters in `step.model`,
+    the AdamW moments in `step.optimizer`; both are updated in place. The
+    step is the model's hand-written loss_and_grads, then AdamW (clipping first).
+    A step that compiles the whole of this into one function can take its
+    place: the trainer needs only `model` (to evaluate and to checkpoint the
+    parameters), `optimizer_state()`, and the call.
+
+    Raises FloatingPointError when the loss or the gradient norm is not
+    finite, before any parameter changes.
+    """
+
+    def __init__(self, model: ViT, optimizer: AdamW, label_smoothing: float):
+        self.model, self.optimizer, self.label_smoothing = model, optimizer, label_smoothing
+
+    def __call__(self, images: np.ndarray, labels: np.ndarray, lr: float) -> StepResult:
+        """images (B, H, W, C) normalised, labels (B,) ints -> StepResult, after one update at rate lr."""
+        loss, grads, logits = self.model.loss_and_grads(images, labels, self.label_smoothing, return_logits=True)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss}")
+        grad_norm = self.optimizer.step(grads, lr)  # FloatingPointError for a non-finite norm, nothing updated
+        return StepResult(loss, grad_norm, int((logits.argmax(1) == labels).sum()))
+
+    def optimizer_state(self) -> dict:
+        """AdamW's moments and step count as host arrays (the checkpoint's format)."""
+        return self.optimizer.state_dict()
+
+
+# -- set-up and resume -------------------------------------------------------------------------
+
+
+@dataclass
+class Position:
+    """Where a run stands; saved in every checkpoint, so --resume starts from here."""
+
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0  # optimiser steps in total
+    elapsed_s: float = 0.0  # training wall-clock so far, over every resume
+
+
+@dataclass
+class Run:
+    """What stays fixed through a run: the options, the data, the schedule, the backend, the files."""
+
+    args: argparse.Namespace
+    out: Path
+    ds: Dataset
+    cfg: ViTConfig  # the final model; progressive phases change only its image_size
+    phases: list[tuple[int, int]]
+    backend: Backend
+    threads: int
+    steps_per_epoch: int
+    _resized: dict = field(default_factory=dict)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "checkpoint.npz"
+
+    def lr(self, step: int) -> float:
+        """The learning rate of optimiser step `step` (counted from 1)."""
+        a = self.args
+        warmup = round(a.warmup_epochs * self.steps_per_epoch)
+        return lr_at(step, a.lr, warmup, a.epochs * self.steps_per_epoch, a.min_lr)
+
+    def size_for_epoch(self, epoch: int) -> int:
+        return size_for_epoch(epoch, self.phases, self.cfg.image_size)
+
+    def images_at(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train, test) uint8 images at `size` pixels, resized once and kept."""
+        if size not in self._resized:
+            ds = self.ds
+            same = size == ds.image_size
+            self._resized[size] = (ds.train_images, ds.test_images) if same else \
+                (resize_images(ds.train_images, size), resize_images(ds.test_images, size))  # fmt: skip
+        return self._resized[size]
+
+    def batch(self, epoch: int, b: int, order: np.ndarray, images: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """Batch b of the epoch: normalised images (B, S, S, 3) and labels (B,); augmented from a
+        generator seeded by (seed, epoch, b), so a resumed run draws the same crops and flips."""
+        from .data import augment_batch, normalize
+
+        a = self.args
+        idx = order[b * a.batch_size : (b + 1) * a.batch_size]
+        batch = images[idx]
+        if a.augment:
+            # the crop's padding scales with the resolution: 4 px at 32 px, as in the usual CIFAR recipe
+            size = images.shape[1]
+            batch = augment_batch(batch, np.random.default_rng([a.seed, epoch, b]), pad=max(1, size // 8))
+        return normalize(batch, self.ds.mean, self.ds.std, dtype=dtype), self.ds.train_labels[idx]
 
 
 def _options(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in RUN_FLAGS}
 
 
-def train(args) -> dict:
-    """Run training as the parsed args say; returns the summary (also written to OUT/summary.json)."""
-    from tqdm import tqdm
+def _kept(ckpt_path: Path) -> str:
+    return f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint was written yet"
 
-    from .data import augment_batch, load_dataset, normalize
 
-    out = Path(args.out or f"runs/{args.data.replace(':', '_').replace('/', '_')}")
-    ckpt_path = out / "checkpoint.npz"
-    state = {"epoch": 0, "batch": 0, "step": 0, "elapsed_s": 0.0}
-    ck = None
-    if args.resume:
-        ck = load_checkpoint(ckpt_path)
-        saved = ck.state["options"]
-        defaults = build_parser()
-        clash = sorted(k for k, v in saved.items() if getattr(args, k) not in (v, defaults.get_default(k)))
-        if clash:
-            raise ValueError(f"--resume continues with the options saved in {ckpt_path}; these differ from them: "
-                             + ", ".join(f"--{k.replace('_', '-')}" for k in clash))  # fmt: skip
-        for k, v in saved.items():  # the run continues with the options it started with
-            setattr(args, k, v)
-        state.update({k: ck.state[k] for k in state})
-        if state["epoch"] >= args.epochs:
-            raise ValueError(f"{ckpt_path} is a finished run ({state['epoch']} of {args.epochs} epochs): nothing to resume")
-    elif ckpt_path.exists():
-        raise ValueError(f"{ckpt_path} already exists: pass --resume to continue it, or choose another --out")
-
-    overrides = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
-    base_cfg = get_preset(args.preset, **overrides)
-    final_size = base_cfg.image_size
-    phases = parse_progressive(args.progressive, final_size, base_cfg.patch_size, args.epochs)
+def check_options(args, cfg: ViTConfig) -> list[tuple[int, int]]:
+    """Refuse option values that cannot train; returns the progressive phases."""
+    phases = parse_progressive(args.progressive, cfg.image_size, cfg.patch_size, args.epochs)
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -183,140 +276,224 @@ def train(args) -> dict:
         value = getattr(args, name)
         if value is not None and value < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    return phases
+
+
+def resume_checkpoint(args, ckpt_path: Path):
+    """With --resume: the checkpoint to continue, its options copied into args; else None.
+
+    Refuses a finished run, options that differ from the saved ones, and (without
+    --resume) an existing checkpoint that a fresh run would overwrite."""
+    if not args.resume:
+        if ckpt_path.exists():
+            raise ValueError(f"{ckpt_path} already exists: pass --resume to continue it, or choose another --out")
+        return None
+    ck = load_checkpoint(ckpt_path)
+    saved = ck.state["options"]
+    defaults = build_parser()
+    clash = sorted(k for k, v in saved.items() if getattr(args, k) not in (v, defaults.get_default(k)))
+    if clash:
+        raise ValueError(f"--resume continues with the options saved in {ckpt_path}; these differ from them: "
+                         + ", ".join(f"--{k.replace('_', '-')}" for k in clash))  # fmt: skip
+    for k, v in saved.items():  # the run continues with the options it started with
+        setattr(args, k, v)
+    if ck.state["epoch"] >= args.epochs:
+        raise ValueError(f"{ckpt_path} is a finished run ({ck.state['epoch']} of {args.epochs} epochs): nothing to resume")
+    return ck
+
+
+def build_step(run: Run, cfg: ViTConfig, params=None, optimizer_state=None) -> HostStep:
+    """A step for a model of `cfg`: fresh (seeded) parameters, or the given ones and AdamW state."""
+    a = run.args
+    model = ViT(cfg, seed=a.seed, dtype=a.dtype, backend=run.backend, params=params)
+    optimizer = AdamW(model, lr=a.lr, weight_decay=a.weight_decay, clip_norm=a.clip_norm)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    return HostStep(model, optimizer, a.label_smoothing)
+
+
+def set_up(args) -> tuple[Run, Position, HostStep]:
+    """Check the options, resume or start, load the data: the run, where it stands and its step."""
+    from .data import load_dataset
+
+    out = Path(args.out or f"runs/{args.data.replace(':', '_').replace('/', '_')}")
+    ck = resume_checkpoint(args, out / "checkpoint.npz")
+    position = Position(**{k: ck.state[k] for k in asdict(Position())}) if ck else Position()
+    overrides = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+    base_cfg = get_preset(args.preset, **overrides)
+    phases = check_options(args, base_cfg)
 
     backend = get_backend(args.backend or default_backend())
     threads = set_threads(args.threads)  # BLAS and numba alike
-    ds = load_dataset(args.data, data_dir=args.data_dir, image_size=final_size, seed=args.seed, progress=args.progress)
+    ds = load_dataset(args.data, data_dir=args.data_dir, image_size=base_cfg.image_size, seed=args.seed,
+                      progress=args.progress and sys.stderr.isatty())  # fmt: skip
     if len(ds.test_labels) == 0:
         raise ValueError(f"dataset {args.data!r} has no test images; the trainer evaluates on them every epoch")
-    cfg = base_cfg.replace(num_classes=len(ds.class_names))
-    n_train = len(ds.train_labels)
-    steps_per_epoch = n_train // args.batch_size
+    steps_per_epoch = len(ds.train_labels) // args.batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"--batch-size {args.batch_size} is larger than the training set ({n_train} images)")
-    total_steps = args.epochs * steps_per_epoch
-    warmup_steps = round(args.warmup_epochs * steps_per_epoch)
-    mean, std = ds.mean, ds.std
-
-    def make_model(size, params):
-        if params is None:  # a fresh model at this size
-            return ViT(cfg.replace(image_size=size), seed=args.seed, dtype=args.dtype, backend=backend)
-        model_cfg, model_params = params_at_resolution(params, cfg, size)
-        return ViT(model_cfg, seed=args.seed, dtype=args.dtype, backend=backend, params=model_params)
-
-    def make_optimizer(model):
-        return AdamW(model, lr=args.lr, weight_decay=args.weight_decay, clip_norm=args.clip_norm)
-
+        raise ValueError(f"--batch-size {args.batch_size} is larger than the training set ({len(ds.train_labels)} images)")
+    cfg = base_cfg.replace(num_classes=len(ds.class_names))
+    run = Run(args, out, ds, cfg, phases, backend, threads, steps_per_epoch)
     if ck is not None:
-        model = ViT(ck.cfg, dtype=args.dtype, backend=backend, params=ck.params)
-        opt = make_optimizer(model)
-        opt.load_state_dict(ck.opt_state)
+        step = build_step(run, ck.cfg, ck.params, ck.opt_state)
     else:
-        model = make_model(size_for_epoch(0, phases, final_size), None)
-        opt = make_optimizer(model)
+        step = build_step(run, cfg.replace(image_size=run.size_for_epoch(0)))
+    return run, position, step
 
-    resized = {final_size: (ds.train_images, ds.test_images)}
 
-    def images_at(size):
-        if size not in resized:
-            resized[size] = (resize_images(ds.train_images, size), resize_images(ds.test_images, size))
-        return resized[size]
+def step_at_resolution(run: Run, step: HostStep, size: int) -> HostStep:
+    """The same step, or (progressive resolution) one whose model takes `size`-pixel images:
+    pos_embed interpolated to the new grid, its AdamW moments started afresh, the rest kept."""
+    if step.model.cfg.image_size == size:
+        return step
+    cfg, params = params_at_resolution(step.model.numpy_params(), run.cfg, size)
+    moments = step.optimizer_state()
+    for k in ("m/pos_embed", "v/pos_embed"):
+        moments[k] = np.zeros(params["pos_embed"].shape, np.float32)
+    return build_step(run, cfg, params, moments)
 
-    def checkpoint():
-        meta = {**state, "options": _options(args), "seed": args.seed, "dtype": args.dtype,
-                "class_names": ds.class_names, "mean": mean.tolist(), "std": std.tolist(), "data": args.data}  # fmt: skip
-        save_checkpoint(ckpt_path, model.numpy_params(), model.cfg, meta, opt.state_dict())
 
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_file = out / "metrics.jsonl"
-    print(f"tinyvit: {args.data} ({n_train} train / {len(ds.test_labels)} test), {cfg.depth} blocks of width {cfg.dim}, "
-          f"{count_params(cfg):,} parameters, backend {backend.name}, {threads} threads, {args.epochs} epochs "
-          f"of {steps_per_epoch} steps -> {out}", file=sys.stderr)  # fmt: skip
+# -- one epoch ---------------------------------------------------------------------------------
 
-    start_time = time.perf_counter() - state["elapsed_s"]
-    stop_reason = None
-    last = {}
 
-    def should_stop():
-        """Why to stop before the next step, or None: checked before each step, so limits are exact."""
-        if stopper.requested:
-            return stopper.requested
-        if args.max_minutes is not None and time.perf_counter() - start_time >= 60 * args.max_minutes:
-            return f"--max-minutes {args.max_minutes} reached"
-        if args.max_steps is not None and state["step"] >= args.max_steps:
-            return f"--max-steps {args.max_steps} reached"
-        return None
+@dataclass
+class EpochStats:
+    """One epoch's steps: counts, the last learning rate, and the running loss and accuracy.
 
-    with Stopper() as stopper:
-        while state["epoch"] < args.epochs and stop_reason is None:
-            epoch = state["epoch"]
-            size = size_for_epoch(epoch, phases, final_size)
-            if model.cfg.image_size != size:  # progressive resolution: grow the grid, interpolate pos_embed
-                model = make_model(size, model.numpy_params())
-                moments = opt.state_dict()
-                opt = make_optimizer(model)
-                for k in ("m/pos_embed", "v/pos_embed"):  # the grid changed: its moments start afresh
-                    moments[k] = np.zeros(model.params["pos_embed"].shape, np.float32)
-                opt.load_state_dict(moments)
-            train_images, test_images = images_at(size)
-            perm = np.random.default_rng([args.seed, epoch]).permutation(n_train)
-            seen = correct = 0
-            loss_sum, lr = 0.0, lr_at(state["step"] + 1, args.lr, warmup_steps, total_steps, args.min_lr)
-            t_epoch = time.perf_counter()
-            bar = tqdm(total=steps_per_epoch, initial=state["batch"], desc=f"epoch {epoch + 1}/{args.epochs} {size}px",
-                       unit="step", disable=not args.progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
-            for b in range(state["batch"], steps_per_epoch):
-                stop_reason = should_stop()
-                if stop_reason:
-                    break
-                idx = perm[b * args.batch_size : (b + 1) * args.batch_size]
-                batch = train_images[idx]
-                if args.augment:
-                    # the crop's padding scales with the resolution: 4 px at 32 px, as in the usual CIFAR recipe
-                    batch = augment_batch(batch, np.random.default_rng([args.seed, epoch, b]), pad=max(1, size // 8))
-                x, y = normalize(batch, mean, std, dtype=model.dtype), ds.train_labels[idx]
-                loss, grads, logits = model.loss_and_grads(x, y, args.label_smoothing, return_logits=True)
-                loss = float(loss)  # a backend scalar inside the step; a Python float from here on
-                if not math.isfinite(loss):
-                    bar.close()
-                    raise NonFiniteLoss(f"loss is {loss} at step {state['step'] + 1} (epoch {epoch + 1}, batch {b + 1}); "
-                                        f"stopped without saving; {_kept(ckpt_path)}")  # fmt: skip
-                lr = lr_at(state["step"] + 1, args.lr, warmup_steps, total_steps, args.min_lr)
-                try:
-                    opt.step(grads, lr)
-                except FloatingPointError as e:
-                    bar.close()
-                    raise NonFiniteLoss(f"{e} at step {state['step'] + 1}; {_kept(ckpt_path)}") from e
-                state["step"] += 1
-                state["batch"] = b + 1
-                seen += len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                loss_sum += loss * len(y)
-                rate = seen / (time.perf_counter() - t_epoch)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
-                bar.update(1)
+    Step results are kept as backend scalars and summed on the host only when read."""
+
+    backend: Backend
+    lr: float
+    seen: int = 0
+    seconds: float = 0.0
+    stop: str | None = None  # why the epoch ended early, if it did
+    _loss_sum: float = 0.0
+    _correct: int = 0
+    _unread: list = field(default_factory=list)
+
+    def add(self, result: StepResult, batch: int, lr: float) -> None:
+        self._unread.append((result, batch))
+        self.seen, self.lr = self.seen + batch, lr
+
+    def read(self) -> tuple[float, float] | tuple[None, None]:
+        """(mean loss, accuracy) over the images seen so far, or (None, None) before any step."""
+        for result, batch in self._unread:
+            self._loss_sum += to_float(self.backend, result.loss) * batch
+            self._correct += round(to_float(self.backend, result.correct))
+        self._unread.clear()
+        if not self.seen:
+            return None, None
+        return self._loss_sum / self.seen, self._correct / self.seen
+
+
+def stop_reason(args, position: Position, stopper: Stopper, start_time: float) -> str | None:
+    """Why to stop before the next step, or None: checked before each step, so limits are exact."""
+    if stopper.requested:
+        return stopper.requested
+    if args.max_minutes is not None and time.perf_counter() - start_time >= 60 * args.max_minutes:
+        return f"--max-minutes {args.max_minutes} reached"
+    if args.max_steps is not None and position.step >= args.max_steps:
+        return f"--max-steps {args.max_steps} reached"
+    return None
+
+
+def train_epoch(run: Run, step: HostStep, position: Position, stopper: Stopper, start_time: float) -> EpochStats:
+    """The steps of epoch `position.epoch` from batch `position.batch` on, until its end or a stop.
+
+    Advances `position` after every step; at the epoch's end, to the next epoch."""
+    from tqdm import tqdm
+
+    args, epoch, size = run.args, position.epoch, step.model.cfg.image_size
+    train_images, _ = run.images_at(size)
+    order = np.random.default_rng([args.seed, epoch]).permutation(len(run.ds.train_labels))
+    stats = EpochStats(run.backend, lr=run.lr(position.step + 1))
+    t_epoch = time.perf_counter()
+    bar = tqdm(total=run.steps_per_epoch, initial=position.batch, desc=f"epoch {epoch + 1}/{args.epochs} {size}px",
+               unit="step", disable=not args.progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    for b in range(position.batch, run.steps_per_epoch):
+        stats.stop = stop_reason(args, position, stopper, start_time)
+        if stats.stop:
+            break
+        images, labels = run.batch(epoch, b, order, train_images, step.model.dtype)
+        lr = run.lr(position.step + 1)
+        try:
+            result = step(images, labels, lr)
+        except FloatingPointError as e:
             bar.close()
-            train_time = time.perf_counter() - t_epoch
-            if state["batch"] >= steps_per_epoch:
-                state["epoch"], state["batch"] = epoch + 1, 0
-            test_loss, test_acc, _ = evaluate_arrays(model, test_images, ds.test_labels, mean, std)
-            state["elapsed_s"] = time.perf_counter() - start_time
-            last = {"epoch": epoch + 1, "step": state["step"], "image_size": size, "lr": lr,
-                    "train_loss": loss_sum / seen if seen else None, "train_acc": correct / seen if seen else None,
-                    "test_loss": test_loss, "test_acc": test_acc, "images_per_s": seen / max(train_time, 1e-9),
-                    "elapsed_min": state["elapsed_s"] / 60, "partial_epoch": state["batch"] != 0}  # fmt: skip
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps(last) + "\n")
-            checkpoint()
-            trained = f"train loss {loss_sum / seen:.4f} acc {correct / seen:.4f}" if seen else "no steps"
-            print(f"epoch {epoch + 1}: {trained} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
-                  f"{state['elapsed_s'] / 60:.1f} min", file=sys.stderr)  # fmt: skip
-    summary = {"test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"), "epochs_done": state["epoch"],
-               "steps": state["step"], "minutes": state["elapsed_s"] / 60, "stopped": stop_reason,
-               "checkpoint": str(ckpt_path), "backend": backend.name, "params": count_params(cfg)}  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"done{' (' + stop_reason + ')' if stop_reason else ''}: test accuracy {summary['test_acc']:.4f} after "
-          f"{summary['steps']} steps in {summary['minutes']:.1f} min; checkpoint {ckpt_path}", file=sys.stderr)  # fmt: skip
+            raise NonFiniteLoss(f"step {position.step + 1} (epoch {epoch + 1}, batch {b + 1}): {e}; "
+                                f"stopped without saving; {_kept(run.ckpt_path)}") from e  # fmt: skip
+        position.step, position.batch = position.step + 1, b + 1
+        stats.add(result, len(labels), lr)
+        loss, acc = stats.read()
+        rate = stats.seen / (time.perf_counter() - t_epoch)
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+        bar.update(1)
+    bar.close()
+    stats.seconds = time.perf_counter() - t_epoch
+    if position.batch >= run.steps_per_epoch:
+        position.epoch, position.batch = epoch + 1, 0
+    return stats
+
+
+# -- end of an epoch ---------------------------------------------------------------------------
+
+
+def end_epoch(run: Run, step: HostStep, position: Position, stats: EpochStats, epoch: int, start_time: float) -> dict:
+    """Evaluate on the test split, append the epoch's metrics to OUT/metrics.jsonl, write the
+    checkpoint, print one line; returns the metrics."""
+    args, ds, model = run.args, run.ds, step.model
+    _, test_images = run.images_at(model.cfg.image_size)
+    test_loss, test_acc, _ = evaluate_arrays(model, test_images, ds.test_labels, ds.mean, ds.std)
+    position.elapsed_s = time.perf_counter() - start_time
+    train_loss, train_acc = stats.read()
+    metrics = {"epoch": epoch + 1, "step": position.step, "image_size": model.cfg.image_size, "lr": stats.lr,
+               "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+               "images_per_s": stats.seen / max(stats.seconds, 1e-9), "elapsed_min": position.elapsed_s / 60,
+               "partial_epoch": position.batch != 0}  # fmt: skip
+    with open(run.out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(metrics) + "\n")
+    meta = {**asdict(position), "options": _options(args), "seed": args.seed, "dtype": args.dtype,
+            "class_names": ds.class_names, "mean": ds.mean.tolist(), "std": ds.std.tolist(), "data": args.data}  # fmt: skip
+    save_checkpoint(run.ckpt_path, model.numpy_params(), model.cfg, meta, step.optimizer_state())
+    trained = f"train loss {train_loss:.4f} acc {train_acc:.4f}" if stats.seen else "no steps"
+    print(f"epoch {epoch + 1}: {trained} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
+          f"{position.elapsed_s / 60:.1f} min", file=sys.stderr)  # fmt: skip
+    return metrics
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+def train(args) -> dict:
+    """Run training as the parsed args say; returns the summary (also written to OUT/summary.json)."""
+    run, position, step = set_up(args)
+    run.out.mkdir(parents=True, exist_ok=True)
+    ds, cfg = run.ds, run.cfg
+    print(f"tinyvit: {args.data} ({len(ds.train_labels)} train / {len(ds.test_labels)} test), {cfg.depth} blocks "
+          f"of width {cfg.dim}, {count_params(cfg):,} parameters, backend {run.backend.name}, {run.threads} threads, "
+          f"{args.epochs} epochs of {run.steps_per_epoch} steps -> {run.out}", file=sys.stderr)  # fmt: skip
+
+    start_time = time.perf_counter() - position.elapsed_s
+    stop, metrics = None, {}
+    with Stopper() as stopper:
+        while position.epoch < args.epochs and stop is None:
+            epoch = position.epoch
+            step = step_at_resolution(run, step, run.size_for_epoch(epoch))
+            stats = train_epoch(run, step, position, stopper, start_time)
+            metrics = end_epoch(run, step, position, stats, epoch, start_time)
+            stop = stats.stop
+    return finish(run, position, metrics, stop)
+
+
+def finish(run: Run, position: Position, metrics: dict, stop: str | None) -> dict:
+    """Write OUT/summary.json, print the last line, return the summary."""
+    summary = {"test_acc": metrics.get("test_acc"), "test_loss": metrics.get("test_loss"),
+               "epochs_done": position.epoch, "steps": position.step, "minutes": position.elapsed_s / 60,
+               "stopped": stop, "checkpoint": str(run.ckpt_path), "backend": run.backend.name,
+               "params": count_params(run.cfg)}  # fmt: skip
+    (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"done{' (' + stop + ')' if stop else ''}: test accuracy {summary['test_acc']:.4f} after "
+          f"{summary['steps']} steps in {summary['minutes']:.1f} min; checkpoint {run.ckpt_path}", file=sys.stderr)  # fmt: skip
     return summary
 
 
