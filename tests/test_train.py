@@ -13,6 +13,7 @@ import pytest
 
 from tinyvit import ViT
 from tinyvit.checkpoint import load_checkpoint
+from tinyvit.errors import UsageError
 from tinyvit.train import build_parser, main, train
 
 SMALL = ["--data", "shapes:64", "--preset", "testing", "--image-size", "16", "--batch-size", "16",
@@ -149,11 +150,38 @@ def test_resume_refuses_options_that_differ_from_the_saved_run(tmp_path):
     (["--heads", "3"], "heads 3 must divide dim 8"),
     (["--clip-norm", "-1"], "--clip-norm must be >= 0"),
     (["--weight-decay", "-0.1"], "--weight-decay must be >= 0"),
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--data", "shapes:x"], "expected 'shapes' or 'shapes:N'"),
+    (["--data", "folder:/nonexistent"], "does not exist"),
 ])  # fmt: skip
-def test_bad_options_are_clear_errors_and_write_nothing(tmp_path, flags, message):
-    with pytest.raises((ValueError, SystemExit), match=message):
+def test_bad_options_are_one_line_errors_and_write_nothing(tmp_path, flags, message):
+    with pytest.raises(SystemExit, match="^error: .*" + message):
         main(SMALL + ["--out", str(tmp_path / "run"), *flags])
     assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+def test_a_fault_in_the_code_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only errors about the user's input (UsageError) become one-line exits: a ValueError raised
+    by the code itself propagates, traceback and all."""
+
+    def broken(self, *a, **kw):
+        raise ValueError("a fault inside the step")
+
+    monkeypatch.setattr(ViT, "loss_and_grads", broken)
+    with pytest.raises(ValueError, match="a fault inside the step") as info:
+        main(SMALL + ["--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert not isinstance(info.value, UsageError)
+
+
+def test_evaluate_and_predict_turn_a_bad_checkpoint_into_one_line(tmp_path):
+    from tinyvit.evaluate import main as evaluate_main
+    from tinyvit.predict import main as predict_main
+
+    (tmp_path / "junk.npz").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="^error: checkpoint .*junk.npz is not a readable .npz file"):
+        evaluate_main(["--checkpoint", str(tmp_path / "junk.npz"), "--backend", "numpy"])
+    with pytest.raises(SystemExit, match="^error: checkpoint .*missing.npz does not exist"):
+        predict_main(["--checkpoint", str(tmp_path / "missing.npz"), "--backend", "numpy", "x.png"])
 
 
 def test_evaluate_and_predict_read_the_checkpoint(tmp_path, capsys):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ViTConfig
+from .errors import UsageError
 
 
 def savez_atomic(path, **arrays) -> Path:
@@ -58,23 +59,23 @@ class Checkpoint:
 
 
 def load_checkpoint(path) -> Checkpoint:
-    """Read a checkpoint written by save_checkpoint; a clear ValueError for anything else."""
+    """Read a checkpoint written by save_checkpoint; a clear UsageError for anything else."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
+        raise UsageError(f"checkpoint {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     except Exception as e:
-        raise ValueError(f"checkpoint {path} is not a readable .npz file: {e}") from e
+        raise UsageError(f"checkpoint {path} is not a readable .npz file: {e}") from e
     for key in ("config", "state"):
         if key not in data:
-            raise ValueError(f"checkpoint {path} has no {key!r} entry: not a tinyvit checkpoint")
+            raise UsageError(f"checkpoint {path} has no {key!r} entry: not a tinyvit checkpoint")
     try:
         cfg = ViTConfig.from_dict(json.loads(str(data["config"])))
         state = json.loads(str(data["state"]))
     except (json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"checkpoint {path} has a malformed config or state: {e}") from e
+        raise UsageError(f"checkpoint {path} has a malformed config or state: {e}") from e
     params = {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")}
     opt_state = {k[len("opt/"):]: v for k, v in data.items() if k.startswith("opt/")}
     return Checkpoint(cfg, params, opt_state, state)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .backend import backend_names, default_backend
 from .checkpoint import load_checkpoint
+from .errors import UsageError
 from .layers import cross_entropy_forward
 from .model import ViT
 
@@ -47,7 +48,10 @@ def model_from_checkpoint(path, backend=None):
     """(model, checkpoint) with the checkpoint's parameters loaded."""
     ck = load_checkpoint(path)
     dtype = np.dtype(ck.state.get("dtype", "float32"))
-    model = ViT(ck.cfg, dtype=dtype, backend=backend or default_backend(), params=ck.params)
+    try:
+        model = ViT(ck.cfg, dtype=dtype, backend=backend or default_backend(), params=ck.params)
+    except ValueError as e:  # parameters that do not fit the checkpoint's own config
+        raise UsageError(f"checkpoint {path} does not hold a usable model: {e}") from e
     return model, ck
 
 
@@ -83,9 +87,11 @@ def main(argv=None):
     try:
         model, ck = model_from_checkpoint(args.checkpoint, args.backend)
         ds = load_dataset(args.data or ck.state.get("data", "cifar10"), data_dir=args.data_dir, image_size=ck.cfg.image_size, seed=ck.state.get("seed", 0))
-    except ValueError as e:
+    except UsageError as e:
         sys.exit(f"error: {e}")
     images, labels = (ds.test_images, ds.test_labels) if args.split == "test" else (ds.train_images, ds.train_labels)
+    if len(labels) == 0:
+        sys.exit(f"error: the {args.split} split of {ds.name!r} has no images")
     if len(ds.class_names) != ck.cfg.num_classes:
         sys.exit(f"error: the data has {len(ds.class_names)} classes, the checkpoint's model {ck.cfg.num_classes}")
     mean = np.asarray(ck.state.get("mean", ds.mean), np.float32)

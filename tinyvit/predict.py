@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .backend import backend_names
+from .errors import UsageError
 from .evaluate import model_from_checkpoint
 from .layers import softmax
 
@@ -22,7 +23,7 @@ def load_image(path, size: int) -> np.ndarray:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC))
     except (OSError, UnidentifiedImageError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        raise UsageError(f"cannot read image {path}: {e}") from e
 
 
 def predict(model, images_uint8, mean, std, top=5):
@@ -44,7 +45,7 @@ def main(argv=None):
     try:
         model, ck = model_from_checkpoint(args.checkpoint, args.backend)
         images = np.stack([load_image(f, ck.cfg.image_size) for f in args.images])
-    except ValueError as e:
+    except UsageError as e:
         sys.exit(f"error: {e}")
     names = ck.state.get("class_names") or [str(k) for k in range(ck.cfg.num_classes)]
     if "mean" not in ck.state or "std" not in ck.state:

@@ -33,6 +33,7 @@ from .backend import Backend, backend_names, default_backend, get_backend
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PRESETS, ViTConfig, get_preset
 from .data.base import Dataset, resize_images
+from .errors import UsageError
 from .evaluate import evaluate_arrays
 from .model import ViT, count_params
 from .optim import AdamW, lr_at
@@ -94,13 +95,13 @@ def parse_progressive(text: str, final_size: int, patch: int, epochs: int) -> li
         try:
             size, n = (int(v) for v in part.split(":"))
         except ValueError:
-            raise ValueError(f"--progressive expects SIZE:EPOCHS[,SIZE:EPOCHS...], got {text!r}") from None
+            raise UsageError(f"--progressive expects SIZE:EPOCHS[,SIZE:EPOCHS...], got {text!r}") from None
         if size % patch or size <= 0 or size > final_size or n < 0:
-            raise ValueError(f"--progressive size {size} must be a positive multiple of the patch size {patch} "
+            raise UsageError(f"--progressive size {size} must be a positive multiple of the patch size {patch} "
                              f"and at most the image size {final_size}; epochs {n} must be >= 0")  # fmt: skip
         phases.append((size, n))
     if sum(n for _, n in phases) > epochs:
-        raise ValueError(f"--progressive covers {sum(n for _, n in phases)} epochs, more than --epochs {epochs}")
+        raise UsageError(f"--progressive covers {sum(n for _, n in phases)} epochs, more than --epochs {epochs}")
     return phases
 
 
@@ -267,15 +268,17 @@ def check_options(args, cfg: ViTConfig) -> list[tuple[int, int]]:
     phases = parse_progressive(args.progressive, cfg.image_size, cfg.patch_size, args.epochs)
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not 0.0 <= args.label_smoothing < 1.0:
-        raise ValueError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+        raise UsageError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if args.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
+        raise UsageError(f"--lr must be positive, got {args.lr}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     for name in ("clip_norm", "weight_decay", "warmup_epochs", "min_lr", "max_steps", "max_minutes"):
         value = getattr(args, name)
         if value is not None and value < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
     return phases
 
 
@@ -286,19 +289,19 @@ def resume_checkpoint(args, ckpt_path: Path):
     --resume) an existing checkpoint that a fresh run would overwrite."""
     if not args.resume:
         if ckpt_path.exists():
-            raise ValueError(f"{ckpt_path} already exists: pass --resume to continue it, or choose another --out")
+            raise UsageError(f"{ckpt_path} already exists: pass --resume to continue it, or choose another --out")
         return None
     ck = load_checkpoint(ckpt_path)
     saved = ck.state["options"]
     defaults = build_parser()
     clash = sorted(k for k, v in saved.items() if getattr(args, k) not in (v, defaults.get_default(k)))
     if clash:
-        raise ValueError(f"--resume continues with the options saved in {ckpt_path}; these differ from them: "
+        raise UsageError(f"--resume continues with the options saved in {ckpt_path}; these differ from them: "
                          + ", ".join(f"--{k.replace('_', '-')}" for k in clash))  # fmt: skip
     for k, v in saved.items():  # the run continues with the options it started with
         setattr(args, k, v)
     if ck.state["epoch"] >= args.epochs:
-        raise ValueError(f"{ckpt_path} is a finished run ({ck.state['epoch']} of {args.epochs} epochs): nothing to resume")
+        raise UsageError(f"{ckpt_path} is a finished run ({ck.state['epoch']} of {args.epochs} epochs): nothing to resume")
     return ck
 
 
@@ -320,7 +323,10 @@ def set_up(args) -> tuple[Run, Position, HostStep]:
     ck = resume_checkpoint(args, out / "checkpoint.npz")
     position = Position(**{k: ck.state[k] for k in asdict(Position())}) if ck else Position()
     overrides = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
-    base_cfg = get_preset(args.preset, **overrides)
+    try:
+        base_cfg = get_preset(args.preset, **overrides)
+    except ValueError as e:  # the config's own checks, of values the user chose
+        raise UsageError(f"the model options do not fit together: {e}") from e
     phases = check_options(args, base_cfg)
 
     backend = get_backend(args.backend or default_backend())
@@ -328,14 +334,17 @@ def set_up(args) -> tuple[Run, Position, HostStep]:
     ds = load_dataset(args.data, data_dir=args.data_dir, image_size=base_cfg.image_size, seed=args.seed,
                       progress=args.progress and sys.stderr.isatty())  # fmt: skip
     if len(ds.test_labels) == 0:
-        raise ValueError(f"dataset {args.data!r} has no test images; the trainer evaluates on them every epoch")
+        raise UsageError(f"dataset {args.data!r} has no test images; the trainer evaluates on them every epoch")
     steps_per_epoch = len(ds.train_labels) // args.batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"--batch-size {args.batch_size} is larger than the training set ({len(ds.train_labels)} images)")
+        raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({len(ds.train_labels)} images)")
     cfg = base_cfg.replace(num_classes=len(ds.class_names))
     run = Run(args, out, ds, cfg, phases, backend, threads, steps_per_epoch)
     if ck is not None:
-        step = build_step(run, ck.cfg, ck.params, ck.opt_state)
+        try:
+            step = build_step(run, ck.cfg, ck.params, ck.opt_state)
+        except (ValueError, KeyError) as e:  # parameters or moments that do not fit the checkpoint's config
+            raise UsageError(f"{run.ckpt_path} does not hold a usable model and optimiser state: {e!r}") from e
     else:
         step = build_step(run, cfg.replace(image_size=run.size_for_epoch(0)))
     return run, position, step
@@ -501,9 +510,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         train(args)
-    except NonFiniteLoss as e:
-        sys.exit(f"error: {e}")
-    except ValueError as e:
+    except (UsageError, NonFiniteLoss) as e:  # anything else is a fault in the code: keep its traceback
         sys.exit(f"error: {e}")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import UsageError
 from .augment import augment_batch, normalize
 from .base import Dataset, channel_stats, check_image_size, default_data_dir
 
@@ -53,7 +54,7 @@ def load_dataset(spec: str, data_dir=None, image_size: int = 32, seed: int = 0, 
         return make_shapes(n_train, n_test, image_size=image_size, seed=seed)
     if spec.startswith("folder:") and spec != "folder:":
         return load_folder(spec[len("folder:"):], data_dir, image_size=image_size, seed=seed)
-    raise ValueError(f"unknown dataset {spec!r}: expected one of {', '.join(SPECS)}")
+    raise UsageError(f"unknown dataset {spec!r}: expected one of {', '.join(SPECS)}")
 
 
 __all__ = ["SPECS", "Dataset", "augment_batch", "channel_stats", "default_data_dir", "load_dataset", "normalize"]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UsageError
 from .base import Dataset, resize_images
 from .download import download_to_temp
 
@@ -56,7 +57,7 @@ _RECONSTRUCT = np.empty(0).__reduce__()[0]
 def _latin1_bytes(text: str, encoding: str) -> bytes:
     """What Python 3 writes for a bytes object at pickle protocol 0-2: _codecs.encode(text, "latin1")."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise ValueError(f"refusing _codecs.encode with {type(text).__name__} and encoding {encoding!r}")
+        raise UsageError(f"refusing _codecs.encode with {type(text).__name__} and encoding {encoding!r}")
     return text.encode("latin1")
 
 
@@ -85,28 +86,28 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return SAFE_GLOBALS[(module, name)]
         except KeyError:
-            raise ValueError(
+            raise UsageError(
                 f"refusing to unpickle {module}.{name} from {self.source}: a CIFAR-10 batch may only "
                 f"reference {', '.join(sorted(f'{m}.{n}' for m, n in SAFE_GLOBALS))}"
             ) from None
 
 
 def safe_unpickle(data: bytes, source: str):
-    """Unpickle bytes with RestrictedUnpickler; any failure is a ValueError naming `source`."""
+    """Unpickle bytes with RestrictedUnpickler; any failure is a UsageError naming `source`."""
     try:
         return RestrictedUnpickler(io.BytesIO(data), source).load()
     except ValueError as e:
         if str(e).startswith("refusing to unpickle"):  # find_class's refusal already names the file
             raise
-        raise ValueError(f"{source} is not a readable CIFAR-10 pickle: {e}") from e
+        raise UsageError(f"{source} is not a readable CIFAR-10 pickle: {e}") from e
     except Exception as e:
-        raise ValueError(f"{source} is not a readable CIFAR-10 pickle: {type(e).__name__}: {e}") from e
+        raise UsageError(f"{source} is not a readable CIFAR-10 pickle: {type(e).__name__}: {e}") from e
 
 
 def _str_keys(obj, source: str) -> dict:
     """A pickled dict with its keys as str (Python 3 writers give bytes keys, Python 2 ones str)."""
     if not isinstance(obj, dict):
-        raise ValueError(f"{source}: expected a dict, got {type(obj).__name__}")  # noqa: TRY004
+        raise UsageError(f"{source}: expected a dict, got {type(obj).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
@@ -115,22 +116,22 @@ def parse_batch(obj, source: str) -> tuple[np.ndarray, np.ndarray]:
     batch = _str_keys(obj, source)
     missing = [k for k in ("data", "labels") if k not in batch]
     if missing:
-        raise ValueError(f"{source}: expected keys 'data' and 'labels', missing {missing}; found {sorted(batch)}")
+        raise UsageError(f"{source}: expected keys 'data' and 'labels', missing {missing}; found {sorted(batch)}")
     data = batch["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * SIDE**2:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise ValueError(f"{source}: 'data' must be uint8 of shape (N, {3 * SIDE**2}), got {desc}")
+        raise UsageError(f"{source}: 'data' must be uint8 of shape (N, {3 * SIDE**2}), got {desc}")
     try:
         labels = np.asarray(batch["labels"])
     except Exception as e:
-        raise ValueError(f"{source}: 'labels' is not a list of integers: {e}") from e
+        raise UsageError(f"{source}: 'labels' is not a list of integers: {e}") from e
     if labels.shape != (len(data),) or (labels.size and labels.dtype.kind not in "iu"):
-        raise ValueError(
+        raise UsageError(
             f"{source}: 'labels' must be {len(data)} integers (one per row of 'data'), "
             f"got {labels.dtype} {labels.shape}"
         )
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise ValueError(
+        raise UsageError(
             f"{source}: labels must lie in [0, {NUM_CLASSES}), got values from {labels.min()} to {labels.max()}"
         )
     images = data.reshape(-1, 3, SIDE, SIDE).transpose(0, 2, 3, 1)  # channel planes -> (N, 32, 32, 3)
@@ -143,7 +144,7 @@ def parse_meta(obj, source: str) -> list[str]:
     names = meta.get("label_names")
     if not isinstance(names, list) or len(names) != NUM_CLASSES or \
             not all(isinstance(n, (str, bytes)) for n in names):
-        raise ValueError(f"{source}: expected 'label_names', a list of {NUM_CLASSES} strings, got {names!r:.200}")
+        raise UsageError(f"{source}: expected 'label_names', a list of {NUM_CLASSES} strings, got {names!r:.200}")
     return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
 
 
@@ -152,7 +153,7 @@ def load_batches_dir(root, image_size: int = SIDE) -> Dataset:
     root = Path(root)
     missing = [m for m in MEMBERS if not (root / m).is_file()]
     if missing:
-        raise ValueError(f"{root}: not a complete CIFAR-10 folder, missing {missing} (expected {MEMBERS})")
+        raise UsageError(f"{root}: not a complete CIFAR-10 folder, missing {missing} (expected {MEMBERS})")
 
     def read(name):
         return safe_unpickle((root / name).read_bytes(), name)
@@ -183,14 +184,14 @@ def extract_archive(archive, data_dir) -> Path:
                 members = {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile()}
                 missing = [m for m in MEMBERS if f"{FOLDER}/{m}" not in members]
                 if missing:
-                    raise ValueError(
+                    raise UsageError(
                         f"{archive}: not a CIFAR-10 archive, missing {[f'{FOLDER}/{m}' for m in missing]}"
                     )
                 for m in MEMBERS:
                     with tar.extractfile(members[f"{FOLDER}/{m}"]) as src, open(tmp / m, "wb") as dst:
                         shutil.copyfileobj(src, dst)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            raise ValueError(f"{archive}: not a readable .tar.gz archive ({type(e).__name__}: {e})") from e
+            raise UsageError(f"{archive}: not a readable .tar.gz archive ({type(e).__name__}: {e})") from e
         try:
             os.rename(tmp, final)
         except OSError:
@@ -212,7 +213,7 @@ def find_or_fetch(data_dir, download: bool = True, progress: bool = True, url: s
     if archive.is_file():
         return extract_archive(archive, data_dir)  # placed by hand: no official-MD5 check
     if not download:
-        raise ValueError(
+        raise UsageError(
             f"CIFAR-10 not found in {data_dir}: expected {FOLDER}/ or {ARCHIVE}; "
             f"allow the download or place the official archive there"
         )

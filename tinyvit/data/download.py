@@ -4,7 +4,7 @@ The bytes go to a temporary file in the destination's directory while their
 MD5 is computed; only a complete download with the expected checksum is
 renamed to its final name (a rename within one directory is atomic). A
 broken connection, a short body or a wrong checksum removes the temporary file
-and raises a ValueError that says what went wrong.
+and raises a UsageError (tinyvit.errors) that says what went wrong.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
+
+from ..errors import UsageError
 
 CHUNK = 1 << 16
 
@@ -37,7 +39,7 @@ def download_to_temp(url: str, directory, md5: str | None, progress: bool = True
 
     md5 is the expected hex digest (None skips the check). The caller renames
     the file into place or removes it. On any failure the temporary file is
-    removed and a ValueError names the url and the cause.
+    removed and a UsageError names the url and the cause.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -59,13 +61,13 @@ def download_to_temp(url: str, directory, md5: str | None, progress: bool = True
                             received += len(block)
                             bar.update(len(block))
             except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, IncompleteRead
-                raise ValueError(f"could not download {url}: {type(e).__name__}: {e}") from e
+                raise UsageError(f"could not download {url}: {type(e).__name__}: {e}") from e
             if total is not None and received != total:
-                raise ValueError(f"could not download {url}: got {received} bytes, the server announced {total}")
+                raise UsageError(f"could not download {url}: got {received} bytes, the server announced {total}")
             f.flush()
             os.fsync(f.fileno())
         if md5 is not None and h.hexdigest() != md5.lower():
-            raise ValueError(
+            raise UsageError(
                 f"checksum mismatch for {url}: expected MD5 {md5.lower()}, found {h.hexdigest()} "
                 f"({received} bytes); the download was deleted"
             )

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ..checkpoint import savez_atomic
+from ..errors import UsageError
 from .base import Dataset
 
 TEST_FRACTION = 0.1
@@ -44,10 +45,10 @@ def image_extensions() -> set[str]:
 def _class_files(root: Path, extensions: set[str]) -> dict[str, list[Path]]:
     """{class name: sorted image files} for the subfolders of root, with the errors a user can fix."""
     if not root.is_dir():
-        raise ValueError(f"image folder {root} does not exist or is not a directory")
+        raise UsageError(f"image folder {root} does not exist or is not a directory")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise ValueError(f"image folder {root} has no class subfolders: expected {root}/<class>/<image files>")
+        raise UsageError(f"image folder {root} has no class subfolders: expected {root}/<class>/<image files>")
     found = {}
     for name in classes:
         files = sorted(
@@ -56,13 +57,13 @@ def _class_files(root: Path, extensions: set[str]) -> dict[str, list[Path]]:
             and not any(part.startswith(".") for part in p.relative_to(root).parts)
         )
         if not files:
-            raise ValueError(f"class folder {root / name} holds no image files (looked for {sorted(extensions)})")
+            raise UsageError(f"class folder {root / name} holds no image files (looked for {sorted(extensions)})")
         found[name] = files
     return found
 
 
 def decode_image(path: Path, image_size: int) -> np.ndarray:
-    """One file -> uint8 (S, S, 3); a file Pillow cannot read is a ValueError naming it."""
+    """One file -> uint8 (S, S, 3); a file Pillow cannot read is a UsageError naming it."""
     try:
         with Image.open(path) as img:
             img = img.convert("RGB")
@@ -70,7 +71,7 @@ def decode_image(path: Path, image_size: int) -> np.ndarray:
                 img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
             return np.asarray(img, np.uint8)
     except Exception as e:
-        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+        raise UsageError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
 
 
 def _read_cache(path: Path):
@@ -97,13 +98,13 @@ def load_folder(path, data_dir, image_size: int = 32, seed: int = 0) -> Dataset:
     root = Path(path).expanduser().resolve()
     extensions = image_extensions()
     if not root.is_dir():
-        raise ValueError(f"image folder {root} does not exist or is not a directory")
+        raise UsageError(f"image folder {root} does not exist or is not a directory")
     split_layout = (root / "train").is_dir() and (root / "test").is_dir()
     if split_layout:
         train, test = _class_files(root / "train", extensions), _class_files(root / "test", extensions)
         extra = sorted(set(test) - set(train))
         if extra:
-            raise ValueError(f"{root / 'test'} has classes {extra} that {root / 'train'} lacks")
+            raise UsageError(f"{root / 'test'} has classes {extra} that {root / 'train'} lacks")
     else:
         train, test = _class_files(root, extensions), {}
     class_names = sorted(train)

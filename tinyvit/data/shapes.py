@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UsageError
 from .base import Dataset
 
 CLASS_NAMES = ["circle", "ring", "square", "diamond", "triangle", "cross"]
@@ -94,7 +95,7 @@ def make_shapes(n_train: int = DEFAULT_TRAIN, n_test: int = DEFAULT_TEST, image_
             raise ValueError(f"shapes: {name} must be a {'positive' if name == 'n_train' else 'non-negative'} "
                              f"integer, got {value!r}")
     if image_size < 8:
-        raise ValueError(f"shapes: image_size must be at least 8 pixels to draw a shape, got {image_size}")
+        raise UsageError(f"shapes: image_size must be at least 8 pixels to draw a shape, got {image_size}")
     # separate streams for train and test, so one does not shift when the other's size changes
     train_rng, test_rng = (np.random.default_rng([seed, split]) for split in (0, 1))
     train_images, train_labels = draw_shapes(n_train, image_size, train_rng)
@@ -108,5 +109,5 @@ def parse_shapes_spec(spec: str) -> tuple[int, int]:
         return DEFAULT_TRAIN, DEFAULT_TEST
     count = spec.partition(":")[2]
     if not count.isdigit() or int(count) < 1:
-        raise ValueError(f"shapes: expected 'shapes' or 'shapes:N' with N a positive integer, got {spec!r}")
+        raise UsageError(f"shapes: expected 'shapes' or 'shapes:N' with N a positive integer, got {spec!r}")
     return int(count), int(count) // 5
