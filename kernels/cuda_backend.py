@@ -3,7 +3,9 @@
 Arrays are numba device arrays. Parameters, activations, gradients and the
 optimiser moments stay on the GPU for a whole training step; what crosses to
 the host per step is the images and labels going in, and the loss and the
-gradient norm (one float each) coming out.
+gradient norm (one float each) coming out. The count of correct predictions
+(`count_correct`, for the running training accuracy) stays on the device as a
+one-element array; the trainer reads it only when it shows the accuracy.
 
 Where each op lives:
     cuda_matmul       the matrix products (tiled, register-blocked; batched for attention)
@@ -30,7 +32,7 @@ from .cuda_attention import attention_backward, attention_forward, attention_pro
 from .cuda_gelu import linear_gelu_backward, linear_gelu_forward
 from .cuda_layernorm import layernorm_backward, layernorm_forward
 from .cuda_linear import linear_backward, linear_forward
-from .cuda_loss import cross_entropy_backward, cross_entropy_forward
+from .cuda_loss import count_correct, cross_entropy_backward, cross_entropy_forward
 from .cuda_reduce import sum_of_squares
 
 BACKEND = Backend(
@@ -56,6 +58,7 @@ BACKEND = Backend(
     class_token_backward=ew.class_token_backward,
     cross_entropy_forward=cross_entropy_forward,
     cross_entropy_backward=cross_entropy_backward,
+    count_correct=count_correct,
     adamw_update=adamw_update,
     sum_of_squares=sum_of_squares,
     scale=ew.scale,

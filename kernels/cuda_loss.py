@@ -9,6 +9,9 @@ Variants (one each):
    Only that one number is copied back to the host: the loss of the step.
 2. backward: elementwise, dlogits = dloss / B * (probs - targets), the
    targets rebuilt from the labels (s / K everywhere, plus 1 - s at the label).
+3. count_correct: one thread per row finds the row's argmax (NumPy's: the
+   first of ties, a NaN the largest) and, if it is the label, adds 1 to one
+   int64 counter with cuda.atomic.add. The count stays on the device.
 
 The labels arrive as a host int64 array and are copied to the device once per
 step. The specification is tinyvit.layers.loss.
@@ -70,6 +73,38 @@ def _backward_kernel(probs, labels, smoothing, factor, dlogits):
     if k == labels[r]:
         target += 1.0 - smoothing
     dlogits[r, k] = factor * (probs[r, k] - target)
+
+
+@cuda.jit
+def _count_correct_kernel(logits, labels, total):
+    r = cuda.grid(1)
+    if r >= logits.shape[0]:
+        return
+    best, m = 0, logits[r, 0]
+    for k in range(1, logits.shape[1]):
+        if math.isnan(m):  # a NaN is the maximum: stop at the first one
+            break
+        v = logits[r, k]
+        if v > m or math.isnan(v):
+            best, m = k, v
+    if best == labels[r]:
+        cuda.atomic.add(total, 0, 1)
+
+
+def count_correct(logits, labels):
+    """logits (B, K) device, labels (B,) host or device ints -> a (1,) int64 device array: how many
+    rows' argmax equal the label."""
+    common.check_device("logits", logits, ndim=2)
+    B = logits.shape[0]
+    if not common.is_device_array(labels):
+        labels = cuda.to_device(np.ascontiguousarray(labels, dtype=np.int64))
+    if labels.shape != (B,):
+        raise ValueError(f"labels must have shape ({B},), got {labels.shape}")
+    total = fill((1,), np.int64, 0)
+    if B:
+        blocks, threads = common.element_grid(B)
+        _count_correct_kernel[blocks, threads](logits, labels, total)
+    return total
 
 
 def cross_entropy_forward(logits, labels, smoothing=0.0):

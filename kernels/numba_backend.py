@@ -48,6 +48,7 @@ BACKEND = Backend(
     class_token_backward=layers.class_token_backward,
     cross_entropy_forward=numba_loss.cross_entropy_forward,
     cross_entropy_backward=numba_loss.cross_entropy_backward,
+    count_correct=numba_loss.count_correct,
     adamw_update=numba_adamw.adamw_update,
     sum_of_squares=numba_adamw.sum_of_squares,
     scale=numba_adamw.scale,

@@ -7,6 +7,8 @@ Variants, plain to fast:
                          the (B, K) target matrix, and the probabilities kept for backward.
 2. `cross_entropy_grad`  dlogits = dloss (probs - targets) / B, the targets again implicit:
                          s/K everywhere plus (1 - s) at the label.
+3. `correct_rows`        the argmax of each row, in parallel, compared with its label; the
+                         hits summed by a prange reduction (for the running accuracy).
 """
 
 import math
@@ -74,3 +76,32 @@ def cross_entropy_backward(dloss, cache):
     dlogits = np.empty_like(probs)
     cross_entropy_grad(probs, labels, smoothing, float(dloss) / probs.shape[0], dlogits)
     return dlogits
+
+
+@njit(parallel=True, cache=True)
+def correct_rows(logits, labels):
+    """How many rows of logits (B, K) have their argmax at labels (B,) (NumPy's argmax: first
+    of ties, a NaN is the largest)."""
+    B, K = logits.shape
+    hits = 0
+    for b in prange(B):
+        best, m = 0, logits[b, 0]
+        for k in range(1, K):
+            if math.isnan(m):  # a NaN is the maximum: stop at the first one
+                break
+            v = logits[b, k]
+            if v > m or math.isnan(v):
+                best, m = k, v
+        if best == labels[b]:
+            hits += 1
+    return hits
+
+
+def count_correct(logits, labels):
+    """logits (B, K), labels (B,) ints -> how many rows' argmax equal the label (a NumPy int64)."""
+    logits = np.ascontiguousarray(logits)
+    B = logits.shape[0]
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    if labels.shape != (B,):
+        raise ValueError(f"labels must have shape ({B},), got {labels.shape}")
+    return np.int64(correct_rows(logits, labels))

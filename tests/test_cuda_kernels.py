@@ -322,6 +322,22 @@ def test_cross_entropy_matches_the_specification(dtype, smoothing):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_count_correct_stays_on_the_device_and_matches_the_specification(dtype):
+    """One thread per row over 3 blocks of 16 (40 rows): integer logits for ties, and a row with a NaN."""
+    rng = np.random.default_rng(5)
+    logits = rng.integers(-2, 3, size=(40, 6)).astype(np.float64)
+    logits[7, 2] = np.nan
+    labels = rng.integers(0, 6, size=40)
+    labels[7] = 2  # the NaN is the row's argmax, as in np.argmax
+    got = ops.count_correct(dev(logits, dtype), labels)
+    assert cuda_common.is_device_array(got) and got.shape == (1,)
+    want = layers.count_correct(logits, labels)
+    assert host(got)[0] == want and want > 0
+    assert host(ops.count_correct(dev(logits, dtype), cuda.to_device(labels)))[0] == want
+    assert host(ops.count_correct(dev(logits[:0], dtype), labels[:0]))[0] == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_adamw_update_matches_the_specification_over_three_steps(dtype):
     """New param, m and v; no input written. Steps 1-3 exercise the bias corrections."""
     p, m, v = rng_normal(32, 4, 9), np.zeros((4, 9)), np.zeros((4, 9))

@@ -223,6 +223,30 @@ def test_cross_entropy_matches_reference(seed, dtype, batch, k, smoothing):
     assert_close("dlogits", dlogits, layers.cross_entropy_backward(0.7, ref_cache), dtype)
 
 
+# Rows where argmax's rules decide: a tie (the first wins), a NaN (the first NaN is the largest).
+ARGMAX_RULES = (np.array([[1.0, 3.0, 3.0], [2.0, np.nan, 5.0], [np.nan, 0.0, np.nan], [0.0, -1.0, -2.0]]),
+                np.array([1, 1, 0, 2]))  # the first three rows are right, the last one wrong  # fmt: skip
+
+
+def test_count_correct_follows_numpy_argmax_on_ties_and_nans():
+    logits, labels = ARGMAX_RULES
+    assert layers.count_correct(logits, labels) == 3
+    assert numba_loss.count_correct(logits, labels) == 3
+    assert numba_loss.count_correct(logits, labels + np.array([1, 0, 0, 0])) == 2
+
+
+@given(seed=seeds, dtype=dtypes, batch=st.integers(0, 40), k=small)
+def test_count_correct_matches_reference(seed, dtype, batch, k):
+    """Integer-valued logits so ties are common; labels drawn at random."""
+    rng = np.random.default_rng(seed)
+    logits = rng.integers(-2, 3, size=(batch, k)).astype(dtype)
+    labels = rng.integers(0, k, size=batch)
+    before = snapshot(logits, labels)
+    got = numba_loss.count_correct(logits, labels)
+    assert_unchanged(before, [logits, labels])
+    assert got == layers.count_correct(logits, labels) == int((logits.argmax(1) == labels).sum())
+
+
 def test_cross_entropy_rejects_labels_out_of_range():
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
         numba_loss.cross_entropy_forward(np.zeros((2, 3)), np.array([0, 3]))

@@ -223,7 +223,7 @@ def test_the_numba_backend_trains_the_same_run_as_the_numpy_specification(tmp_pa
         )
     (m_np, ck_np), (m_nb, ck_nb) = runs["numpy"], runs["numba"]
     for a, b in zip(m_np, m_nb):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9) and a["train_acc"] == b["train_acc"]
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-9) and a["test_acc"] == b["test_acc"]
     for k in ck_np.params:
         np.testing.assert_allclose(ck_nb.params[k], ck_np.params[k], rtol=1e-8, atol=1e-10, err_msg=k)

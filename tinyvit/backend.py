@@ -55,6 +55,7 @@ class Backend:
     class_token_backward: Callable
     cross_entropy_forward: Callable  # (logits, labels, smoothing) -> (loss, a backend scalar; cache)
     cross_entropy_backward: Callable  # (dloss, cache) -> dlogits
+    count_correct: Callable  # (logits (B, K), labels (B,)) -> how many argmaxes equal the label, a backend scalar
     # -- the optimiser
     adamw_update: Callable  # (param, grad, m, v, AdamWStep) -> new (param, m, v)
     sum_of_squares: Callable  # list of arrays -> backend scalar, the squared global gradient norm

@@ -305,7 +305,8 @@ class ViT:
 
         Returns (loss, grads), or (loss, grads, logits) with return_logits=True.
         loss is a backend scalar (float(loss) makes it a Python float); grads has the
-        same keys and shapes as params (backend arrays); logits come back as NumPy."""
+        same keys and shapes as params and logits is (B, K), both backend arrays (on the
+        device for `cuda`: backend.to_numpy copies them to the host)."""
         images = self.check_images(images)
         labels = self.check_labels(labels, images.shape[0])
         if not 0.0 <= label_smoothing < 1.0:
@@ -313,5 +314,5 @@ class ViT:
         x = self.backend.asarray(images, self.dtype)
         loss, grads, logits = self._loss_and_grads(self.params, x, labels, label_smoothing)
         if return_logits:
-            return loss, grads, self.backend.to_numpy(logits)
+            return loss, grads, logits
         return loss, grads

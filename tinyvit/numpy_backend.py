@@ -34,6 +34,7 @@ BACKEND = Backend(
     class_token_backward=layers.class_token_backward,
     cross_entropy_forward=layers.cross_entropy_forward,
     cross_entropy_backward=layers.cross_entropy_backward,
+    count_correct=layers.count_correct,
     adamw_update=adamw_update,
     sum_of_squares=sum_of_squares,
     scale=scale,

@@ -184,7 +184,7 @@ class HostStep:
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss}")
         grad_norm = self.optimizer.step(grads, lr)  # FloatingPointError for a non-finite norm, nothing updated
-        return StepResult(loss, grad_norm, int((logits.argmax(1) == labels).sum()))
+        return StepResult(loss, grad_norm, self.model.backend.count_correct(logits, labels))
 
     def optimizer_state(self) -> dict:
         """AdamW's moments and step count as host arrays (the checkpoint's format)."""

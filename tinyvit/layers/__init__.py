@@ -16,7 +16,7 @@ from .embed import (
 from .gelu import gelu_backward, gelu_forward, linear_gelu_backward, linear_gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
-from .loss import cross_entropy_backward, cross_entropy_forward
+from .loss import count_correct, cross_entropy_backward, cross_entropy_forward
 from .patchify import patchify, patchify_backward, patchify_forward, unpatchify
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "attention_forward",
     "class_token_backward",
     "class_token_forward",
+    "count_correct",
     "cross_entropy_backward",
     "cross_entropy_forward",
     "embed_backward",

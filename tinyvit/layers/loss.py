@@ -1,4 +1,5 @@
-"""Softmax cross-entropy on integer labels, mean over the batch, optional label smoothing.
+"""Softmax cross-entropy on integer labels, mean over the batch, optional label smoothing;
+and the count of correct predictions that the trainer's running accuracy sums.
 
 With smoothing s the target of each row is (1 - s) * onehot(label) + s / K,
 so the loss is -mean_b sum_k target_bk * log softmax(logits)_bk.
@@ -41,3 +42,12 @@ def cross_entropy_backward(dloss, cache):
     probs, labels, smoothing = cache
     targets = _targets(labels, probs.shape[1], smoothing, probs.dtype)
     return (dloss / probs.shape[0]) * (probs - targets)
+
+
+def count_correct(logits, labels):
+    """logits (B, K), labels (B,) -> how many rows have their largest logit at the label, a scalar.
+
+    argmax as NumPy's: a tie goes to the first of the tied classes, a NaN counts as the largest.
+    Not a layer and not differentiated: the trainer sums it for the running training accuracy,
+    and a device backend keeps it on the device until the accuracy is shown."""
+    return (logits.argmax(axis=1) == labels).sum()
