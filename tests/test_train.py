@@ -5,6 +5,7 @@ argument parser) on the `testing` preset and the `shapes` dataset with the
 `numpy` backend, so each run takes a second or two.
 """
 
+import io
 import json
 import signal
 
@@ -14,7 +15,7 @@ import pytest
 from tinyvit import ViT
 from tinyvit.checkpoint import load_checkpoint
 from tinyvit.errors import UsageError
-from tinyvit.train import build_parser, main, train
+from tinyvit.train import Progress, build_parser, main, train
 
 SMALL = ["--data", "shapes:64", "--preset", "testing", "--image-size", "16", "--batch-size", "16",
          "--backend", "numpy", "--threads", "1", "--no-progress", "--seed", "3"]  # fmt: skip
@@ -227,3 +228,66 @@ def test_the_numba_backend_trains_the_same_run_as_the_numpy_specification(tmp_pa
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-9) and a["test_acc"] == b["test_acc"]
     for k in ck_np.params:
         np.testing.assert_allclose(ck_nb.params[k], ck_np.params[k], rtol=1e-8, atol=1e-10, err_msg=k)
+
+
+class _Stats:
+    """Stands in for EpochStats: counts how often the running figures are read."""
+
+    def __init__(self):
+        self.reads, self.seen, self.lr = 0, 0, 1e-3
+
+    def read(self):
+        self.reads += 1
+        return 1.25, 0.5
+
+
+def test_progress_without_a_terminal_prints_a_plain_line_every_five_percent():
+    """200 steps, no terminal: 20 lines at 5%, 10%, ..., 100%, no carriage returns, and the running
+    figures read once per line, not once per step."""
+    stream, stats = io.StringIO(), _Stats()
+    progress = Progress("epoch 1/1 16px", total=200, stream=stream)
+    for _ in range(200):
+        stats.seen += 8
+        progress.update(stats)
+    progress.close()
+    text = stream.getvalue()
+    lines = text.splitlines()
+    assert "\r" not in text
+    assert [int(line.split(":")[1].split("%")[0]) for line in lines] == list(range(5, 101, 5))
+    assert lines[-1].startswith("epoch 1/1 16px: 100% (200/200 steps) loss 1.250 acc 0.500 lr 1.00e-03")
+    assert stats.reads == len(lines) == 20
+
+
+def test_progress_resumed_mid_epoch_continues_at_the_next_five_percent():
+    stream = io.StringIO()
+    progress = Progress("e", total=40, initial=13, stream=stream)  # 32.5% done
+    for _ in range(27):
+        progress.update(_Stats())
+    assert [line.split("%")[0].split()[-1] for line in stream.getvalue().splitlines()][:2] == ["35", "40"]
+
+
+def test_progress_on_a_terminal_redraws_a_bar_and_reads_the_figures_at_most_every_refresh():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream, stats = Terminal(), _Stats()
+    progress = Progress("epoch 1/1 16px", total=50, stream=stream)
+    for _ in range(50):
+        progress.update(stats)
+    progress.close()
+    assert "\r" in stream.getvalue() and "loss=1.250" in stream.getvalue()
+    assert stats.reads < 50, "the figures are read when shown, not after every step"
+
+
+def test_a_run_logged_to_a_file_has_plain_progress_lines_and_the_epoch_summary(tmp_path, capsys):
+    """The trainer's own output with progress on and stderr not a terminal (as under nohup or CI)."""
+    args = [a for a in SMALL if a != "--no-progress"]
+    main([*args, "--out", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "4"])  # 16 steps an epoch
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    for epoch in (1, 2):
+        steps = [s for s in lines if s.startswith(f"epoch {epoch}/2 16px: ")]
+        assert 1 <= len(steps) <= 20 and steps[-1].startswith(f"epoch {epoch}/2 16px: 100% (16/16 steps) loss ")
+        assert any(s.startswith(f"epoch {epoch}: train loss ") and "| test loss" in s for s in lines)

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall-clock, then evaluate and save")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in total")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress output (a bar on a terminal, else a line every 5%% of an epoch)")
     return p
 
 
@@ -395,6 +395,57 @@ class EpochStats:
         return self._loss_sum / self.seen, self._correct / self.seen
 
 
+class Progress:
+    """An epoch's progress on stderr, showing the running loss and accuracy.
+
+    On a terminal: a bar redrawn in place (tqdm), its figures refreshed every
+    REFRESH_S seconds. Elsewhere (a log file, CI, a job scheduler) redraws would
+    fill the log, so: one plain line each time another EVERY_PERCENT of the
+    epoch is done. The running figures are read (for a device backend: copied
+    to the host) only when they are shown.
+    """
+
+    EVERY_PERCENT = 5
+    REFRESH_S = 0.5
+
+    def __init__(self, desc: str, total: int, initial: int = 0, enabled: bool = True, stream=None):
+        self.stream = sys.stderr if stream is None else stream
+        self.desc, self.total, self.done, self.enabled = desc, total, initial, enabled
+        self.started, self.last_shown = time.perf_counter(), -math.inf
+        self.next_percent = (100 * initial // total // self.EVERY_PERCENT + 1) * self.EVERY_PERCENT
+        self.bar = None
+        if enabled and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", file=self.stream, dynamic_ncols=True)
+
+    def _figures(self, stats: EpochStats) -> dict:
+        loss, acc = stats.read()
+        rate = stats.seen / max(time.perf_counter() - self.started, 1e-9)
+        return {"loss": f"{loss:.3f}", "acc": f"{acc:.3f}", "lr": f"{stats.lr:.2e}", "img_s": f"{rate:.0f}"}
+
+    def update(self, stats: EpochStats) -> None:
+        """One more step done."""
+        self.done += 1
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            now = time.perf_counter()
+            if now - self.last_shown >= self.REFRESH_S or self.done == self.total:
+                self.bar.set_postfix(self._figures(stats), refresh=False)
+                self.last_shown = now
+            self.bar.update(1)
+        elif 100 * self.done >= self.next_percent * self.total:
+            percent = 100 * self.done // self.total
+            self.next_percent = (percent // self.EVERY_PERCENT + 1) * self.EVERY_PERCENT
+            figures = " ".join(f"{k} {v}" for k, v in self._figures(stats).items())
+            print(f"{self.desc}: {percent:3d}% ({self.done}/{self.total} steps) {figures}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def stop_reason(args, position: Position, stopper: Stopper, start_time: float) -> str | None:
     """Why to stop before the next step, or None: checked before each step, so limits are exact."""
     if stopper.requested:
@@ -410,15 +461,12 @@ def train_epoch(run: Run, step: HostStep, position: Position, stopper: Stopper, 
     """The steps of epoch `position.epoch` from batch `position.batch` on, until its end or a stop.
 
     Advances `position` after every step; at the epoch's end, to the next epoch."""
-    from tqdm import tqdm
-
     args, epoch, size = run.args, position.epoch, step.model.cfg.image_size
     train_images, _ = run.images_at(size)
     order = np.random.default_rng([args.seed, epoch]).permutation(len(run.ds.train_labels))
     stats = EpochStats(run.backend, lr=run.lr(position.step + 1))
     t_epoch = time.perf_counter()
-    bar = tqdm(total=run.steps_per_epoch, initial=position.batch, desc=f"epoch {epoch + 1}/{args.epochs} {size}px",
-               unit="step", disable=not args.progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    progress = Progress(f"epoch {epoch + 1}/{args.epochs} {size}px", run.steps_per_epoch, position.batch, args.progress)
     for b in range(position.batch, run.steps_per_epoch):
         stats.stop = stop_reason(args, position, stopper, start_time)
         if stats.stop:
@@ -428,16 +476,13 @@ def train_epoch(run: Run, step: HostStep, position: Position, stopper: Stopper, 
         try:
             result = step(images, labels, lr)
         except FloatingPointError as e:
-            bar.close()
+            progress.close()
             raise NonFiniteLoss(f"step {position.step + 1} (epoch {epoch + 1}, batch {b + 1}): {e}; "
                                 f"stopped without saving; {_kept(run.ckpt_path)}") from e  # fmt: skip
         position.step, position.batch = position.step + 1, b + 1
         stats.add(result, len(labels), lr)
-        loss, acc = stats.read()
-        rate = stats.seen / (time.perf_counter() - t_epoch)
-        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
-        bar.update(1)
-    bar.close()
+        progress.update(stats)
+    progress.close()
     stats.seconds = time.perf_counter() - t_epoch
     if position.batch >= run.steps_per_epoch:
         position.epoch, position.batch = epoch + 1, 0
