@@ -22,13 +22,13 @@ from typing import NamedTuple
 
 from numba import cuda, float64
 
+from tinyvit.layers.layernorm import EPS
+
 from . import cuda_common as common
 from . import cuda_reduce
 from .cuda_common import MAX_ROW_THREADS
 from .cuda_elementwise import fill
 from .cuda_reduce import block_sum, reduce_threads
-
-EPS = 1e-6  # as tinyvit.layers.layernorm
 
 
 class LayerNormCache(NamedTuple):

@@ -20,9 +20,9 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .numba_linear import CHUNK_ROWS, FASTMATH, rows, sum_partials
+from tinyvit.layers.layernorm import EPS
 
-EPS = 1e-6  # as tinyvit.layers.layernorm
+from .numba_linear import CHUNK_ROWS, FASTMATH, rows, sum_partials
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -74,7 +74,9 @@ def layernorm_rows_backward(dout, x, weight, mean, rstd, dx):
 
 
 class LayerNormCache(NamedTuple):
-    x: np.ndarray  # (..., D)
+    """Not the specification's cache: x is kept as its (R, D) rows, and mean and rstd are (R,)."""
+
+    x: np.ndarray  # (R, D): the rows of the input (..., D), flattened
     weight: np.ndarray  # (D,)
     mean: np.ndarray  # (R,) float64
     rstd: np.ndarray  # (R,) float64
