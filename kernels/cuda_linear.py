@@ -8,17 +8,13 @@ x2 is x with every leading axis folded into rows, a view, not a copy.
 The specification is tinyvit.layers.linear.
 """
 
-from typing import NamedTuple
+
+from tinyvit.layers.linear import LinearCache
 
 from . import cuda_common as common
 from .cuda_elementwise import add_bias_
 from .cuda_matmul import matmul
 from .cuda_reduce import column_sum
-
-
-class LinearCache(NamedTuple):
-    x: object  # (..., in) device array
-    weight: object  # (in, out)
 
 
 def check_linear(x, weight, bias):

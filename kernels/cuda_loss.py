@@ -18,21 +18,16 @@ step. The specification is tinyvit.layers.loss.
 """
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 from numba import cuda, float64
+
+from tinyvit.layers.loss import CrossEntropyCache
 
 from . import cuda_common as common
 from .cuda_common import MAX_ROW_THREADS
 from .cuda_elementwise import fill
 from .cuda_reduce import block_max, block_sum, reduce_threads
-
-
-class CrossEntropyCache(NamedTuple):
-    probs: object  # (B, K) device array
-    labels: object  # (B,) int64 device array
-    smoothing: float
 
 
 @cuda.jit

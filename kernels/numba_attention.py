@@ -21,10 +21,11 @@ backward needs them; recomputing them would trade memory for a second exp pass.
 """
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
+
+from tinyvit.layers.attention import AttentionCache
 
 from .numba_exp import exp_inplace
 from .numba_linear import FASTMATH
@@ -105,12 +106,6 @@ def attention_heads_backward(dout, qkv, probs, dqkv):
                 dqkv[b, i, h * Dh + d] = dq[i, d]
                 dqkv[b, i, D + h * Dh + d] = dk[i, d]
                 dqkv[b, i, 2 * D + h * Dh + d] = dv[i, d]
-
-
-class AttentionCache(NamedTuple):
-    qkv: np.ndarray  # (B, N, 3D)
-    probs: np.ndarray  # (B, H, N, N)
-    heads: int
 
 
 def attention_forward(qkv, heads):

@@ -15,10 +15,10 @@ Variants, plain to fast:
                         parallel reduction without atomics, accumulated in float64.
 """
 
-from typing import NamedTuple
-
 import numpy as np
 from numba import njit, prange
+
+from tinyvit.layers.linear import LinearCache
 
 # Fast-math flags that are safe here: reassociation lets LLVM vectorise sums, contraction
 # allows FMA, nsz ignores the sign of zero. No 'nnan'/'ninf': inputs may hold any finite value.
@@ -65,11 +65,6 @@ def sum_partials(partial, dtype):
 def rows(x):
     """Any (..., F) array as a C-contiguous (R, F) view (a copy only when x is not contiguous)."""
     return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
-
-
-class LinearCache(NamedTuple):
-    x: np.ndarray  # (..., in)
-    weight: np.ndarray  # (in, out)
 
 
 def linear_forward(x, weight, bias):

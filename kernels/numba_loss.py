@@ -12,10 +12,11 @@ Variants, plain to fast:
 """
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
+
+from tinyvit.layers.loss import CrossEntropyCache
 
 
 @njit(parallel=True, cache=True)
@@ -47,12 +48,6 @@ def cross_entropy_grad(probs, labels, smoothing, factor, dlogits):
         for k in range(K):
             dlogits[b, k] = factor * (probs[b, k] - smoothing / K)
         dlogits[b, labels[b]] -= factor * (1.0 - smoothing)
-
-
-class CrossEntropyCache(NamedTuple):
-    probs: np.ndarray  # (B, K)
-    labels: np.ndarray  # (B,) int64
-    smoothing: float
 
 
 def cross_entropy_forward(logits, labels, smoothing=0.0):

@@ -294,3 +294,17 @@ def test_global_norm_and_scale_match_the_optim_specification(seed, dtype, sizes,
     assert len(scaled) == len(want) == len(arrays)
     for a, r in zip(scaled, want):
         assert_close("scale", a, r, dtype)
+
+
+def test_kernels_use_the_specifications_caches_and_eps():
+    """One definition of each: the numba kernels return the specification's cache records."""
+    from tinyvit.layers.attention import AttentionCache
+    from tinyvit.layers.layernorm import EPS
+    from tinyvit.layers.linear import LinearCache
+    from tinyvit.layers.loss import CrossEntropyCache
+
+    x = np.ones((2, 3, 6))
+    assert type(numba_linear.linear_forward(x, np.ones((6, 4)), np.zeros(4))[1]) is LinearCache
+    assert type(numba_attention.attention_forward(x, 2)[1]) is AttentionCache
+    assert type(numba_loss.cross_entropy_forward(np.zeros((2, 3)), np.array([0, 2]))[1]) is CrossEntropyCache
+    assert numba_layernorm.layernorm_forward.__defaults__ == (EPS,)
