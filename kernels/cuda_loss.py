@@ -22,6 +22,7 @@ import math
 import numpy as np
 from numba import cuda, float64
 
+from tinyvit.errors import check_labels
 from tinyvit.layers.loss import CrossEntropyCache
 
 from . import cuda_common as common
@@ -90,11 +91,12 @@ def count_correct(logits, labels):
     """logits (B, K) device, labels (B,) host or device ints -> a (1,) int64 device array: how many
     rows' argmax equal the label."""
     common.check_device("logits", logits, ndim=2)
-    B = logits.shape[0]
-    if not common.is_device_array(labels):
-        labels = cuda.to_device(np.ascontiguousarray(labels, dtype=np.int64))
-    if labels.shape != (B,):
-        raise ValueError(f"labels must have shape ({B},), got {labels.shape}")
+    B, K = logits.shape
+    if common.is_device_array(labels):  # already checked by whoever copied them (cross_entropy_forward)
+        if labels.shape != (B,):
+            raise ValueError(f"labels must have shape ({B},), got {labels.shape}")
+    else:
+        labels = cuda.to_device(check_labels(labels, K, B))
     total = fill((1,), np.int64, 0)
     if B:
         blocks, threads = common.element_grid(B)
@@ -106,14 +108,10 @@ def cross_entropy_forward(logits, labels, smoothing=0.0):
     """logits (B, K) device, labels (B,) host ints in [0, K) -> (loss, a Python float; cache)."""
     common.check_device("logits", logits, ndim=2)
     B, K = logits.shape
-    labels = np.asarray(labels)
-    if labels.shape != (B,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be ({B},) integers, got shape {labels.shape} dtype {labels.dtype}")
-    if B and (labels.min() < 0 or labels.max() >= K):
-        raise ValueError(f"labels must be in [0, {K}), got values from {labels.min()} to {labels.max()}")
+    labels = check_labels(labels, K, B)
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-    d_labels = cuda.to_device(np.ascontiguousarray(labels, dtype=np.int64))
+    d_labels = cuda.to_device(labels)
     probs = common.empty((B, K), logits.dtype)
     total = fill((1,), np.float64, 0.0)
     if B:

@@ -16,6 +16,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from tinyvit.errors import check_labels
 from tinyvit.layers.loss import CrossEntropyCache
 
 
@@ -53,12 +54,8 @@ def cross_entropy_grad(probs, labels, smoothing, factor, dlogits):
 def cross_entropy_forward(logits, labels, smoothing=0.0):
     """logits (B, K), labels (B,) ints in [0, K) -> (loss, a Python float; cache)."""
     logits = np.ascontiguousarray(logits)
-    labels = np.ascontiguousarray(labels, dtype=np.int64)
     B, K = logits.shape
-    if labels.shape != (B,):
-        raise ValueError(f"labels must have shape ({B},), got {labels.shape}")
-    if B and (labels.min() < 0 or labels.max() >= K):
-        raise ValueError(f"labels must be in [0, {K}), got values from {labels.min()} to {labels.max()}")
+    labels = check_labels(labels, K, B)
     probs = np.empty_like(logits)
     row_loss = np.empty(B, dtype=np.float64)
     cross_entropy_rows(logits, labels, float(smoothing), probs, row_loss)
@@ -95,8 +92,5 @@ def correct_rows(logits, labels):
 def count_correct(logits, labels):
     """logits (B, K), labels (B,) ints -> how many rows' argmax equal the label (a NumPy int64)."""
     logits = np.ascontiguousarray(logits)
-    B = logits.shape[0]
-    labels = np.ascontiguousarray(labels, dtype=np.int64)
-    if labels.shape != (B,):
-        raise ValueError(f"labels must have shape ({B},), got {labels.shape}")
+    labels = check_labels(labels, logits.shape[1], logits.shape[0])
     return np.int64(correct_rows(logits, labels))

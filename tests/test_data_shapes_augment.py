@@ -102,9 +102,9 @@ def test_dataset_rejects_bad_arrays():
         Dataset("x", good.astype(np.float32), labels, good, labels, ["a", "b"])
     with pytest.raises(ValueError, match=r"test_images must be uint8 \(N, S, S, 3\), got uint8 \(4, 8, 6, 3\)"):
         Dataset("x", good, labels, good[:, :, :6], labels, ["a", "b"])
-    with pytest.raises(ValueError, match=r"train_labels must lie in \[0, 2\), got values from 0 to 2"):
+    with pytest.raises(ValueError, match=r"dataset 'x': train_labels must be in \[0, 2\), got values from 0 to 2"):
         Dataset("x", good, labels + np.array([0, 0, 0, 1]), good, labels, ["a", "b"])
-    with pytest.raises(ValueError, match=r"test_labels must be integers of shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"dataset 'x': test_labels must have shape \(4,\), got \(3,\)"):
         Dataset("x", good, labels, good, labels[:3], ["a", "b"])
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from .backend import get_backend
 from .config import ViTConfig
+from .errors import check_labels
 
 
 def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
@@ -273,17 +274,8 @@ class ViT:
         return images
 
     def check_labels(self, labels, batch: int) -> np.ndarray:
-        """Raise ValueError unless labels is (B,) integers in [0, K)."""
-        labels = np.asarray(labels)
-        if labels.shape != (batch,):
-            raise ValueError(f"labels must have shape ({batch},) to match the images, got {labels.shape}")
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-        K = self.cfg.num_classes
-        bad = (labels < 0) | (labels >= K)
-        if bad.any():
-            raise ValueError(f"labels must be in [0, {K}), got {labels[bad][:5].tolist()} (first out of range)")
-        return labels.astype(np.int64)
+        """Raise ValueError unless labels is (B,) integers in [0, K) (tinyvit.errors.check_labels)."""
+        return check_labels(labels, self.cfg.num_classes, batch)
 
     # -- forward and backward ---------------------------------------------------------------
 

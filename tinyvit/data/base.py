@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import check_labels
+
 
 def default_data_dir() -> Path:
     """Where datasets and caches live: $TINYVIT_DATA, else ~/.cache/tinyvit."""
@@ -92,19 +94,12 @@ class Dataset:
                     or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
                 desc = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
                 raise ValueError(f"dataset {self.name!r}: {split}_images must be uint8 (N, S, S, 3), got {desc}")
-            labels = np.asarray(labels)
-            if labels.shape != (len(images),) or (labels.size and labels.dtype.kind not in "iu"):
-                raise ValueError(
-                    f"dataset {self.name!r}: {split}_labels must be integers of shape ({len(images)},), "
-                    f"got {labels.dtype} {labels.shape}"
-                )
-            if labels.size and (labels.min() < 0 or labels.max() >= K):
-                raise ValueError(
-                    f"dataset {self.name!r}: {split}_labels must lie in [0, {K}), "
-                    f"got values from {labels.min()} to {labels.max()}"
-                )
+            try:
+                labels = check_labels(labels, K, len(images), name=f"{split}_labels")
+            except ValueError as e:
+                raise ValueError(f"dataset {self.name!r}: {e}") from e
             setattr(self, f"{split}_images", np.ascontiguousarray(images))
-            setattr(self, f"{split}_labels", np.ascontiguousarray(labels, dtype=np.int64))
+            setattr(self, f"{split}_labels", labels)
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
             raise ValueError(
                 f"dataset {self.name!r}: train and test images differ in shape: "

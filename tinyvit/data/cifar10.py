@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, check_labels
 from .base import Dataset, resize_images
 from .download import download_to_temp
 
@@ -125,17 +125,12 @@ def parse_batch(obj, source: str) -> tuple[np.ndarray, np.ndarray]:
         labels = np.asarray(batch["labels"])
     except Exception as e:
         raise UsageError(f"{source}: 'labels' is not a list of integers: {e}") from e
-    if labels.shape != (len(data),) or (labels.size and labels.dtype.kind not in "iu"):
-        raise UsageError(
-            f"{source}: 'labels' must be {len(data)} integers (one per row of 'data'), "
-            f"got {labels.dtype} {labels.shape}"
-        )
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise UsageError(
-            f"{source}: labels must lie in [0, {NUM_CLASSES}), got values from {labels.min()} to {labels.max()}"
-        )
+    try:
+        labels = check_labels(labels, NUM_CLASSES, len(data), name="'labels' (one per row of 'data')")
+    except ValueError as e:
+        raise UsageError(f"{source}: {e}") from e
     images = data.reshape(-1, 3, SIDE, SIDE).transpose(0, 2, 3, 1)  # channel planes -> (N, 32, 32, 3)
-    return np.ascontiguousarray(images), labels.astype(np.int64)
+    return np.ascontiguousarray(images), labels
 
 
 def parse_meta(obj, source: str) -> list[str]:
