@@ -25,15 +25,6 @@ from ..errors import UsageError
 CHUNK = 1 << 16
 
 
-def md5_of(path, chunk: int = 1 << 20) -> str:
-    """The hex MD5 of a file, read in chunks."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download_to_temp(url: str, directory, md5: str | None, progress: bool = True, timeout: float = 60.0) -> Path:
     """Download url into a new temporary file in `directory`; return its path.
 
