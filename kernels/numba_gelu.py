@@ -52,7 +52,8 @@ _INV_SQRT2_32, _INV_SQRT_2PI_32 = np.float32(_INV_SQRT2), np.float32(_INV_SQRT_2
 
 @njit(fastmath=FASTMATH, cache=True, inline="always")
 def erf_rational32(x):
-    """erf_rational in float32 arithmetic, for a float32 x."""
+    """erf(x) ~= x P(x^2) / Q(x^2) on x clamped to [-4, 4] (the _P, _Q above), in float32
+    arithmetic for a float32 x."""
     x = min(max(x, -_FOUR_32), _FOUR_32)
     x2 = x * x
     p = _P32[6]
