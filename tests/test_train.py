@@ -228,7 +228,8 @@ def test_the_numba_backend_trains_the_same_run_as_the_numpy_specification(tmp_pa
             load_checkpoint(tmp_path / backend / "checkpoint.npz"),
         )
     (m_np, ck_np), (m_nb, ck_nb) = runs["numpy"], runs["numba"]
-    for a, b in zip(m_np, m_nb):
+    assert [m["epoch"] for m in m_np] == [m["epoch"] for m in m_nb] == [1, 2]
+    for a, b in zip(m_np, m_nb, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9) and a["train_acc"] == b["train_acc"]
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-9) and a["test_acc"] == b["test_acc"]
     for k in ck_np.params:
