@@ -55,10 +55,34 @@ def models():
             ViT(CFG, dtype=np.float64, backend="numba", params=params))  # fmt: skip
 
 
+# The numba backend's ops that are not numba kernels, on purpose: its arrays are NumPy arrays, the
+# class token is a slice, and the thread setting is tinyvit.threads'.
+NOT_KERNELS = {"asarray": "numpy", "to_numpy": "numpy", "zeros_like": "numpy", "class_token_forward": "numpy",
+               "class_token_backward": "numpy", "set_threads": "tinyvit.threads", "synchronize": "the default"}  # fmt: skip
+
+
 def test_numba_backend_is_registered_with_every_op():
-    backend = get_backend("numba")
+    """Every field of Backend: a numba kernel from tinyvit.kernels, or one of NOT_KERNELS, which are
+    exactly the numpy backend's own functions (or tinyvit.threads.set_threads, or the default)."""
+    from dataclasses import fields
+
+    from tinyvit.backend import Backend
+    from tinyvit.threads import set_threads
+
+    backend, numpy = get_backend("numba"), get_backend("numpy")
     assert backend.name == "numba"
-    assert callable(backend.linear_gelu_forward) and callable(backend.set_threads)
+    ops = [f for f in fields(Backend) if f.name != "name"]
+    assert len(ops) >= 25, "Backend lost its fields?"
+    for f in ops:
+        op = getattr(backend, f.name)
+        assert callable(op), f"{f.name} is {op!r}"
+        if f.name not in NOT_KERNELS:
+            assert op.__module__.startswith("tinyvit.kernels.numba_"), f"{f.name} comes from {op.__module__}"
+            assert op is not getattr(numpy, f.name), f"{f.name} is the numpy backend's"
+        elif NOT_KERNELS[f.name] == "numpy":
+            assert op is getattr(numpy, f.name), f"{f.name} should be the numpy backend's"
+    assert backend.set_threads is set_threads
+    assert backend.synchronize is Backend.__dataclass_fields__["synchronize"].default
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
