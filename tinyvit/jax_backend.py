@@ -35,7 +35,11 @@ def asarray(x, dtype=None):
 
 
 def to_numpy(a):
-    """JAX array -> a fresh NumPy array (waits for the value)."""
+    """JAX array -> a fresh NumPy array (waits for the value); gathered across processes if need be."""
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.array(multihost_utils.process_allgather(a, tiled=True))
     return np.array(a, copy=True)
 
 
@@ -73,6 +77,7 @@ BACKEND = Backend(
     class_token_backward=layers.class_token_backward,
     cross_entropy_forward=layers.cross_entropy_forward,
     cross_entropy_backward=layers.cross_entropy_backward,
+    count_correct=layers.count_correct,
     adamw_update=adamw_update,
     sum_of_squares=sum_of_squares,
     scale=scale,

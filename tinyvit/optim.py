@@ -62,8 +62,9 @@ def adamw_update(param, grad, m, v, hp):
     v = hp.beta2 * v + (1.0 - hp.beta2) * grad * grad
     mhat = m / (1.0 - hp.beta1**hp.step)
     vhat = v / (1.0 - hp.beta2**hp.step)
-    param = param * (1.0 - hp.lr * hp.weight_decay) - hp.lr * mhat / (xp.sqrt(vhat) + hp.eps)
-    return param.astype(m.dtype, copy=False), m, v
+    new = param * (1.0 - hp.lr * hp.weight_decay) - hp.lr * mhat / (xp.sqrt(vhat) + hp.eps)
+    dtype = param.dtype  # a traced step count or rate must not widen float32 state
+    return new.astype(dtype, copy=False), m.astype(dtype, copy=False), v.astype(dtype, copy=False)
 
 
 def sum_of_squares(arrays):

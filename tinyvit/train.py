@@ -36,13 +36,14 @@ from .data.base import Dataset, resize_images
 from .errors import UsageError
 from .evaluate import evaluate_arrays
 from .model import ViT, count_params
-from .optim import AdamW, lr_at
+from .optim import AdamW, AdamWHyper, lr_at
 from .resolution import params_at_resolution
 from .threads import set_threads
 
 MODEL_FLAGS = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim")
 # Options that may differ on --resume without changing what is computed.
-RUN_FLAGS = ("resume", "max_minutes", "max_steps", "threads", "backend", "progress", "out", "data_dir")
+RUN_FLAGS = ("resume", "max_minutes", "max_steps", "threads", "backend", "progress", "out", "data_dir",
+             "devices", "shard_params", "coordinator", "num_processes", "process_id")
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -85,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall-clock, then evaluate and save")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in total")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress output (a bar on a terminal, else a line every 5%% of an epoch)")
+    g = p.add_argument_group("scale-out (--backend jax; see docs/scaling.md)")
+    g.add_argument("--devices", type=int, default=None, help="use the first N devices (default: every device JAX finds)")
+    g.add_argument("--shard-params", action="store_true",
+                   help="shard parameters and AdamW moments over the devices (FSDP style) instead of replicating them")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-process: the address of process 0 (auto-detected on Cloud TPU VMs and under SLURM)")
+    g.add_argument("--num-processes", type=int, default=None, help="multi-process: how many processes take part")
+    g.add_argument("--process-id", type=int, default=None, help="multi-process: this process's index, from 0")
     return p
 
 
@@ -168,8 +177,9 @@ class HostStep:
     the AdamW moments in `step.optimizer`; both are updated in place. The
     step is the model's hand-written loss_and_grads, then AdamW (clipping first).
     A step that compiles the whole of this into one function can take its
-    place: the trainer needs only `model` (to evaluate and to checkpoint the
-    parameters), `optimizer_state()`, and the call.
+    place (tinyvit.distributed.JaxStep is one): the trainer needs only `model`
+    (to evaluate), `host_params()` and `optimizer_state()` (to checkpoint), and
+    the call.
 
     Raises FloatingPointError when the loss or the gradient norm is not
     finite, before any parameter changes.
@@ -185,6 +195,10 @@ class HostStep:
             raise FloatingPointError(f"loss is {loss}")
         grad_norm = self.optimizer.step(grads, lr)  # FloatingPointError for a non-finite norm, nothing updated
         return StepResult(loss, grad_norm, self.model.backend.count_correct(logits, labels))
+
+    def host_params(self) -> dict[str, np.ndarray]:
+        """The parameters as host arrays (the checkpoint's format)."""
+        return self.model.numpy_params()
 
     def optimizer_state(self) -> dict:
         """AdamW's moments and step count as host arrays (the checkpoint's format)."""
@@ -216,7 +230,15 @@ class Run:
     backend: Backend
     threads: int
     steps_per_epoch: int
+    mesh: Any = None  # --backend jax: the device mesh the step runs over
+    process: int = 0  # multi-process: this process's index; each feeds its own rows of every batch
+    processes: int = 1
     _resized: dict = field(default_factory=dict)
+
+    @property
+    def writer(self) -> bool:
+        """Only one process writes files and progress: process 0."""
+        return self.process == 0
 
     @property
     def ckpt_path(self) -> Path:
@@ -247,11 +269,15 @@ class Run:
 
         a = self.args
         idx = order[b * a.batch_size : (b + 1) * a.batch_size]
+        local = a.batch_size // self.processes  # several processes: each loads only its own rows
+        first = self.process * local
+        idx = idx[first : first + local]
         batch = images[idx]
         if a.augment:
             # the crop's padding scales with the resolution: 4 px at 32 px, as in the usual CIFAR recipe
             size = images.shape[1]
-            batch = augment_batch(batch, np.random.default_rng([a.seed, epoch, b]), pad=max(1, size // 8))
+            batch = augment_batch(batch, np.random.default_rng([a.seed, epoch, b]), pad=max(1, size // 8),
+                                  rows=(first, a.batch_size))  # fmt: skip
         return normalize(batch, self.ds.mean, self.ds.std, dtype=dtype), self.ds.train_labels[idx]
 
 
@@ -306,9 +332,20 @@ def resume_checkpoint(args, ckpt_path: Path):
 
 
 def build_step(run: Run, cfg: ViTConfig, params=None, optimizer_state=None) -> HostStep:
-    """A step for a model of `cfg`: fresh (seeded) parameters, or the given ones and AdamW state."""
+    """A step for a model of `cfg`: fresh (seeded) parameters, or the given ones and AdamW state.
+
+    `jax`: one compiled step over the run's device mesh (tinyvit.distributed.JaxStep);
+    every other backend: HostStep."""
     a = run.args
     model = ViT(cfg, seed=a.seed, dtype=a.dtype, backend=run.backend, params=params)
+    if run.mesh is not None:
+        from .distributed import JaxStep
+
+        step = JaxStep(model, run.mesh, AdamWHyper(weight_decay=a.weight_decay), a.clip_norm, a.label_smoothing,
+                       shard_params=a.shard_params)  # fmt: skip
+        if optimizer_state is not None:
+            step.load_optimizer_state(optimizer_state)
+        return step
     optimizer = AdamW(model, lr=a.lr, weight_decay=a.weight_decay, clip_norm=a.clip_norm)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -330,6 +367,7 @@ def set_up(args) -> tuple[Run, Position, HostStep]:
     phases = check_options(args, base_cfg)
 
     backend = get_backend(args.backend or default_backend())
+    mesh, process, processes = scale_out(args, backend)
     threads = set_threads(args.threads)  # BLAS and numba alike
     ds = load_dataset(args.data, data_dir=args.data_dir, image_size=base_cfg.image_size, seed=args.seed,
                       progress=args.progress and sys.stderr.isatty())  # fmt: skip
@@ -339,7 +377,7 @@ def set_up(args) -> tuple[Run, Position, HostStep]:
     if steps_per_epoch < 1:
         raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({len(ds.train_labels)} images)")
     cfg = base_cfg.replace(num_classes=len(ds.class_names))
-    run = Run(args, out, ds, cfg, phases, backend, threads, steps_per_epoch)
+    run = Run(args, out, ds, cfg, phases, backend, threads, steps_per_epoch, mesh, process, processes)
     if ck is not None:
         try:
             step = build_step(run, ck.cfg, ck.params, ck.opt_state)
@@ -350,12 +388,36 @@ def set_up(args) -> tuple[Run, Position, HostStep]:
     return run, position, step
 
 
+def scale_out(args, backend: Backend):
+    """--backend jax: join a multi-process job if there is one, build the device mesh, check that
+    the global batch splits evenly. Returns (mesh, this process's index, process count);
+    (None, 0, 1) for the other backends, which run in one process on one device."""
+    flags = [f for f in ("devices", "coordinator", "num_processes", "process_id") if getattr(args, f) is not None]
+    flags += ["shard_params"] if args.shard_params else []
+    if backend.name != "jax":
+        if flags:
+            raise UsageError(f"--{flags[0].replace('_', '-')} needs --backend jax, got --backend {backend.name}")
+        return None, 0, 1
+    import jax
+
+    from .distributed import data_mesh, initialize
+
+    initialize(args.coordinator, args.num_processes, args.process_id)
+    mesh = data_mesh(args.devices)
+    n, processes = mesh.devices.size, jax.process_count()
+    if args.batch_size % n:
+        raise UsageError(f"--batch-size {args.batch_size} must divide by the {n} devices it is split over")
+    if args.batch_size % processes:
+        raise UsageError(f"--batch-size {args.batch_size} must divide by the {processes} processes that load it")
+    return mesh, jax.process_index(), processes
+
+
 def step_at_resolution(run: Run, step: HostStep, size: int) -> HostStep:
     """The same step, or (progressive resolution) one whose model takes `size`-pixel images:
     pos_embed interpolated to the new grid, its AdamW moments started afresh, the rest kept."""
     if step.model.cfg.image_size == size:
         return step
-    cfg, params = params_at_resolution(step.model.numpy_params(), run.cfg, size)
+    cfg, params = params_at_resolution(step.host_params(), run.cfg, size)
     moments = step.optimizer_state()
     for k in ("m/pos_embed", "v/pos_embed"):
         moments[k] = np.zeros(params["pos_embed"].shape, np.float32)
@@ -466,7 +528,8 @@ def train_epoch(run: Run, step: HostStep, position: Position, stopper: Stopper, 
     order = np.random.default_rng([args.seed, epoch]).permutation(len(run.ds.train_labels))
     stats = EpochStats(run.backend, lr=run.lr(position.step + 1))
     t_epoch = time.perf_counter()
-    progress = Progress(f"epoch {epoch + 1}/{args.epochs} {size}px", run.steps_per_epoch, position.batch, args.progress)
+    progress = Progress(f"epoch {epoch + 1}/{args.epochs} {size}px", run.steps_per_epoch, position.batch,
+                        args.progress and run.writer)  # fmt: skip
     for b in range(position.batch, run.steps_per_epoch):
         stats.stop = stop_reason(args, position, stopper, start_time)
         if stats.stop:
@@ -480,7 +543,7 @@ def train_epoch(run: Run, step: HostStep, position: Position, stopper: Stopper, 
             raise NonFiniteLoss(f"step {position.step + 1} (epoch {epoch + 1}, batch {b + 1}): {e}; "
                                 f"stopped without saving; {_kept(run.ckpt_path)}") from e  # fmt: skip
         position.step, position.batch = position.step + 1, b + 1
-        stats.add(result, len(labels), lr)
+        stats.add(result, len(labels) * run.processes, lr)  # the results are of the global batch
         progress.update(stats)
     progress.close()
     stats.seconds = time.perf_counter() - t_epoch
@@ -504,11 +567,14 @@ def end_epoch(run: Run, step: HostStep, position: Position, stats: EpochStats, e
                "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
                "images_per_s": stats.seen / max(stats.seconds, 1e-9), "elapsed_min": position.elapsed_s / 60,
                "partial_epoch": position.batch != 0}  # fmt: skip
+    params, moments = step.host_params(), step.optimizer_state()  # with several processes, all gather
+    if not run.writer:
+        return metrics
     with open(run.out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(metrics) + "\n")
     meta = {**asdict(position), "options": _options(args), "seed": args.seed, "dtype": args.dtype,
             "class_names": ds.class_names, "mean": ds.mean.tolist(), "std": ds.std.tolist(), "data": args.data}  # fmt: skip
-    save_checkpoint(run.ckpt_path, model.numpy_params(), model.cfg, meta, step.optimizer_state())
+    save_checkpoint(run.ckpt_path, params, model.cfg, meta, moments)
     trained = f"train loss {train_loss:.4f} acc {train_acc:.4f}" if stats.seen else "no steps"
     print(f"epoch {epoch + 1}: {trained} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
           f"{position.elapsed_s / 60:.1f} min", file=sys.stderr)  # fmt: skip
@@ -523,9 +589,12 @@ def train(args) -> dict:
     run, position, step = set_up(args)
     run.out.mkdir(parents=True, exist_ok=True)
     ds, cfg = run.ds, run.cfg
-    print(f"tinyvit: {args.data} ({len(ds.train_labels)} train / {len(ds.test_labels)} test), {cfg.depth} blocks "
-          f"of width {cfg.dim}, {count_params(cfg):,} parameters, backend {run.backend.name}, {run.threads} threads, "
-          f"{args.epochs} epochs of {run.steps_per_epoch} steps -> {run.out}", file=sys.stderr)  # fmt: skip
+    where = f"{run.threads} threads" if run.mesh is None else \
+        f"{run.mesh.devices.size} devices in {run.processes} process{'es' if run.processes > 1 else ''}"  # fmt: skip
+    if run.writer:
+        print(f"tinyvit: {args.data} ({len(ds.train_labels)} train / {len(ds.test_labels)} test), {cfg.depth} blocks "
+              f"of width {cfg.dim}, {count_params(cfg):,} parameters, backend {run.backend.name}, {where}, "
+              f"{args.epochs} epochs of {run.steps_per_epoch} steps -> {run.out}", file=sys.stderr)  # fmt: skip
 
     start_time = time.perf_counter() - position.elapsed_s
     stop, metrics = None, {}
@@ -545,6 +614,8 @@ def finish(run: Run, position: Position, metrics: dict, stop: str | None) -> dic
                "epochs_done": position.epoch, "steps": position.step, "minutes": position.elapsed_s / 60,
                "stopped": stop, "checkpoint": str(run.ckpt_path), "backend": run.backend.name,
                "params": count_params(run.cfg)}  # fmt: skip
+    if not run.writer:
+        return summary
     (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"done{' (' + stop + ')' if stop else ''}: test accuracy {summary['test_acc']:.4f} after "
           f"{summary['steps']} steps in {summary['minutes']:.1f} min; checkpoint {run.ckpt_path}", file=sys.stderr)  # fmt: skip

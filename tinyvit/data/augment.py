@@ -23,7 +23,7 @@ def _check_images(images, what="images"):
         raise ValueError(f"{what} must be a uint8 array (B, H, W, C), got {desc}")
 
 
-def augment_batch(images: np.ndarray, rng: np.random.Generator, pad: int = 4, flip=True) -> np.ndarray:
+def augment_batch(images: np.ndarray, rng: np.random.Generator, pad: int = 4, flip=True, rows=None) -> np.ndarray:
     """Random crop after zero padding, then a random horizontal flip.
 
     images  uint8 (B, H, W, C); not modified
@@ -32,6 +32,10 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, pad: int = 4, fl
             in [-pad, pad] along each axis (pad=0: no crop)
     flip    True: mirror each image with probability 1/2; False: never;
             a float p in [0, 1]: mirror with probability p
+    rows    (first, total): images are rows first.. of a batch of `total`; the
+            draws are made for the whole batch and these rows take theirs, so
+            each process of a multi-process run augments its own rows exactly
+            as one process would augment them in the whole batch (None: all)
     returns a new uint8 array (B, H, W, C)
 
     The random numbers are drawn in a fixed order (offsets, then flips),
@@ -47,8 +51,11 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, pad: int = 4, fl
         raise ValueError(f"flip must be True, False or a probability in [0, 1], got {flip!r}")
 
     B, H, W, _ = images.shape
-    offsets = rng.integers(0, 2 * pad + 1, size=(B, 2))  # top-left corner of the window in the padded image
-    flips = rng.random(B) < p_flip
+    first, total = (0, B) if rows is None else rows
+    if not (0 <= first and first + B <= total):
+        raise ValueError(f"rows must be (first, total) with {B} images inside the batch, got {rows!r}")
+    offsets = rng.integers(0, 2 * pad + 1, size=(total, 2))[first : first + B]  # top-left corner in the padded image
+    flips = (rng.random(total) < p_flip)[first : first + B]
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))  # zeros: (B, H+2p, W+2p, C)
     rows = offsets[:, :1] + np.arange(H)  # (B, H)
     cols = offsets[:, 1:] + np.arange(W)  # (B, W)
