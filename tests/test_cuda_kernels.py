@@ -39,19 +39,7 @@ needs_gpu = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def small_blocks(monkeypatch):
-    """Small launch sizes, so tiny arrays still span several blocks with ragged last blocks."""
-    monkeypatch.setattr(cuda_common, "ELEMENT_THREADS", 16)
-    monkeypatch.setattr(cuda_common, "ROW_THREADS", 4)
-    monkeypatch.setattr(cuda_reduce, "COLUMN_CHUNK_ROWS", 3)
-    monkeypatch.setattr(cuda_reduce, "MAX_REDUCE_BLOCKS", 2)
-    monkeypatch.setattr(cuda_matmul, "TILE", 4)
-    monkeypatch.setattr(cuda_matmul, "BLOCKING", Blocking(bm=8, bn=4, bk=4, tm=2, tn=2))
-    monkeypatch.setattr(cuda_matmul, "BATCHED_BLOCKING", Blocking(bm=4, bn=4, bk=2, tm=2, tn=2))
-
-
-pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("small_cuda_blocks", "fast_simulator_barriers")  # tests/conftest.py
 
 
 def dev(x, dtype):

@@ -30,7 +30,9 @@ from .optim import adamw_update, scale, sum_of_squares
 
 
 def asarray(x, dtype=None):
-    """Host array (or JAX array) -> a JAX array of `dtype` on the default device."""
+    """Host array (or JAX array) -> a JAX array of `dtype` on the default device (float64 turns on x64)."""
+    if dtype is not None:
+        use_dtype(dtype)
     return jnp.asarray(np.asarray(x) if not isinstance(x, jax.Array) else x, dtype=dtype)
 
 

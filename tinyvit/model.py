@@ -305,6 +305,7 @@ class ViT:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         x = self.backend.asarray(images, self.dtype)
         loss, grads, logits = self._loss_and_grads(self.params, x, labels, label_smoothing)
+        grads = {k: grads[k] for k in self.params}  # a compiled function may hand the dict back in another order
         if return_logits:
             return loss, grads, logits
         return loss, grads
