@@ -191,8 +191,8 @@ class HostStep:
     def __call__(self, images: np.ndarray, labels: np.ndarray, lr: float) -> StepResult:
         """images (B, H, W, C) normalised, labels (B,) ints -> StepResult, after one update at rate lr."""
         loss, grads, logits = self.model.loss_and_grads(images, labels, self.label_smoothing, return_logits=True)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss}")
+        if not math.isfinite(to_float(self.model.backend, loss)):  # checked before the update, so nothing changes
+            raise FloatingPointError(f"loss is {to_float(self.model.backend, loss)}")
         grad_norm = self.optimizer.step(grads, lr)  # FloatingPointError for a non-finite norm, nothing updated
         return StepResult(loss, grad_norm, self.model.backend.count_correct(logits, labels))
 
