@@ -29,7 +29,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .backend import Backend, backend_names, default_backend, get_backend
+from .backend import (
+    Backend,
+    backend_hint,
+    backend_names,
+    default_backend,
+    default_backend_description,
+    get_backend,
+)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PRESETS, ViTConfig, get_preset
 from .data.base import Dataset, resize_images
@@ -79,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the first epochs at lower resolutions, e.g. 16:3,24:2 (then --image-size)")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--backend", default=None, choices=backend_names(), help="default: the fastest available")
+    g.add_argument("--backend", default=None, choices=backend_names(), help=f"default: {default_backend_description()}")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for BLAS and numba (default: all cores)")
     g.add_argument("--out", default=None, help="output directory (default: runs/<data>)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
@@ -366,6 +373,8 @@ def set_up(args) -> tuple[Run, Position, HostStep]:
         raise UsageError(f"the model options do not fit together: {e}") from e
     phases = check_options(args, base_cfg)
 
+    if args.backend is None and (hint := backend_hint()):
+        print(hint, file=sys.stderr)
     backend = get_backend(args.backend or default_backend())
     mesh, process, processes = scale_out(args, backend)
     threads = set_threads(args.threads)  # BLAS and numba alike
