@@ -13,6 +13,11 @@ batch order and augmentation are drawn from generators seeded by (seed, epoch,
 batch), so a resumed run takes the same steps as one that was never stopped
 and ends with the same parameters, up to rounding (NumPy's SIMD sums depend on
 where an array lies in memory; in float64 the runs agree to about 1e-12).
+
+Reading order: `train` is the loop. `set_up` checks the options, resumes or
+starts, loads the data and builds the step; `train_epoch` runs one epoch's
+steps; a step (`HostStep`) is one optimiser update and reports a `StepResult`;
+`end_epoch` evaluates, logs and writes the checkpoint; `finish` writes the summary.
 """
 
 from __future__ import annotations
@@ -150,7 +155,7 @@ class Stopper:
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """A step's loss or gradient norm is not finite: training stops without saving."""
 
 
 # -- the step ----------------------------------------------------------------------------------
@@ -180,13 +185,13 @@ class HostStep:
         step = HostStep(model, optimizer, label_smoothing)
         result = step(images, labels, lr)      # -> StepResult
 
-    The state lives where the backend keeps it: the parameters in `step.model`,
-    the AdamW moments in `step.optimizer`; both are updated in place. The
-    step is the model's hand-written loss_and_grads, then AdamW (clipping first).
-    A step that compiles the whole of this into one function can take its
-    place (tinyvit.distributed.JaxStep is one): the trainer needs only `model`
-    (to evaluate), `host_params()` and `optimizer_state()` (to checkpoint), and
-    the call.
+    The step owns the training state, on the backend: the parameters in
+    `step.model.params` and AdamW's moments in `step.optimizer.state`; each call
+    replaces them with the updated arrays. The step is the model's hand-written
+    loss_and_grads, then AdamW (global-norm clipping first), one backend op at a
+    time. A step that compiles all of it into one function can take its place
+    (tinyvit.distributed.JaxStep is one): the trainer needs only `model` (to
+    evaluate), `host_params()` and `optimizer_state()` (to checkpoint), and the call.
 
     Raises FloatingPointError when the loss or the gradient norm is not
     finite, before any parameter changes.
@@ -197,11 +202,13 @@ class HostStep:
 
     def __call__(self, images: np.ndarray, labels: np.ndarray, lr: float) -> StepResult:
         """images (B, H, W, C) normalised, labels (B,) ints -> StepResult, after one update at rate lr."""
+        ops = self.model.backend
         loss, grads, logits = self.model.loss_and_grads(images, labels, self.label_smoothing, return_logits=True)
-        if not math.isfinite(to_float(self.model.backend, loss)):  # checked before the update, so nothing changes
-            raise FloatingPointError(f"loss is {to_float(self.model.backend, loss)}")
+        value = to_float(ops, loss)  # read every step: a bad loss must stop the run before it updates anything
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value}")
         grad_norm = self.optimizer.step(grads, lr)  # FloatingPointError for a non-finite norm, nothing updated
-        return StepResult(loss, grad_norm, self.model.backend.count_correct(logits, labels))
+        return StepResult(loss, grad_norm, ops.count_correct(logits, labels))
 
     def host_params(self) -> dict[str, np.ndarray]:
         """The parameters as host arrays (the checkpoint's format)."""
