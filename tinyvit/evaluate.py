@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from .backend import backend_names, default_backend
+from .backend import backend_names, default_backend, default_backend_description
 from .checkpoint import load_checkpoint
 from .errors import UsageError
 from .layers import cross_entropy_forward
@@ -77,7 +77,7 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None, help="where datasets live (default: $TINYVIT_DATA or ~/.cache/tinyvit)")
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--backend", choices=backend_names(), default=None, help="default: the fastest available")
+    p.add_argument("--backend", choices=backend_names(), default=None, help=f"default: {default_backend_description()}")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
     from tqdm import tqdm

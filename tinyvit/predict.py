@@ -11,7 +11,7 @@ import sys
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .backend import backend_names
+from .backend import backend_names, default_backend_description
 from .errors import UsageError
 from .evaluate import model_from_checkpoint
 from .layers import softmax
@@ -40,7 +40,7 @@ def main(argv=None):
     p.add_argument("--checkpoint", required=True, help="a .npz checkpoint written by tinyvit.train")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
     p.add_argument("--top", type=int, default=5)
-    p.add_argument("--backend", choices=backend_names(), default=None)
+    p.add_argument("--backend", choices=backend_names(), default=None, help=f"default: {default_backend_description()}")
     args = p.parse_args(argv)
     try:
         model, ck = model_from_checkpoint(args.checkpoint, args.backend)

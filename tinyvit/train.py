@@ -13,6 +13,11 @@ batch order and augmentation are drawn from generators seeded by (seed, epoch,
 batch), so a resumed run takes the same steps as one that was never stopped
 and ends with the same parameters, up to rounding (NumPy's SIMD sums depend on
 where an array lies in memory; in float64 the runs agree to about 1e-12).
+
+Reading order: `train` is the loop. `set_up` checks the options, resumes or
+starts, loads the data and builds the step; `train_epoch` runs one epoch's
+steps; a step (`HostStep`) is one optimiser update and reports a `StepResult`;
+`end_epoch` evaluates, logs and writes the checkpoint; `finish` writes the summary.
 """
 
 from __future__ import annotations
@@ -29,7 +34,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .backend import Backend, backend_names, default_backend, get_backend
+from .backend import (
+    Backend,
+    backend_hint,
+    backend_names,
+    default_backend,
+    default_backend_description,
+    get_backend,
+)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PRESETS, ViTConfig, get_preset
 from .data.base import Dataset, resize_images
@@ -79,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the first epochs at lower resolutions, e.g. 16:3,24:2 (then --image-size)")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--backend", default=None, choices=backend_names(), help="default: the fastest available")
+    g.add_argument("--backend", default=None, choices=backend_names(), help=f"default: {default_backend_description()}")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for BLAS and numba (default: all cores)")
     g.add_argument("--out", default=None, help="output directory (default: runs/<data>)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
@@ -143,7 +155,7 @@ class Stopper:
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """A step's loss or gradient norm is not finite: training stops without saving."""
 
 
 # -- the step ----------------------------------------------------------------------------------
@@ -173,13 +185,13 @@ class HostStep:
         step = HostStep(model, optimizer, label_smoothing)
         result = step(images, labels, lr)      # -> StepResult
 
-    The state lives where the backend keeps it: the parameters in `step.model`,
-    the AdamW moments in `step.optimizer`; both are updated in place. The
-    step is the model's hand-written loss_and_grads, then AdamW (clipping first).
-    A step that compiles the whole of this into one function can take its
-    place (tinyvit.distributed.JaxStep is one): the trainer needs only `model`
-    (to evaluate), `host_params()` and `optimizer_state()` (to checkpoint), and
-    the call.
+    The step owns the training state, on the backend: the parameters in
+    `step.model.params` and AdamW's moments in `step.optimizer.state`; each call
+    replaces them with the updated arrays. The step is the model's hand-written
+    loss_and_grads, then AdamW (global-norm clipping first), one backend op at a
+    time. A step that compiles all of it into one function can take its place
+    (tinyvit.distributed.JaxStep is one): the trainer needs only `model` (to
+    evaluate), `host_params()` and `optimizer_state()` (to checkpoint), and the call.
 
     Raises FloatingPointError when the loss or the gradient norm is not
     finite, before any parameter changes.
@@ -190,11 +202,13 @@ class HostStep:
 
     def __call__(self, images: np.ndarray, labels: np.ndarray, lr: float) -> StepResult:
         """images (B, H, W, C) normalised, labels (B,) ints -> StepResult, after one update at rate lr."""
+        ops = self.model.backend
         loss, grads, logits = self.model.loss_and_grads(images, labels, self.label_smoothing, return_logits=True)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss}")
+        value = to_float(ops, loss)  # read every step: a bad loss must stop the run before it updates anything
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value}")
         grad_norm = self.optimizer.step(grads, lr)  # FloatingPointError for a non-finite norm, nothing updated
-        return StepResult(loss, grad_norm, self.model.backend.count_correct(logits, labels))
+        return StepResult(loss, grad_norm, ops.count_correct(logits, labels))
 
     def host_params(self) -> dict[str, np.ndarray]:
         """The parameters as host arrays (the checkpoint's format)."""
@@ -366,6 +380,8 @@ def set_up(args) -> tuple[Run, Position, HostStep]:
         raise UsageError(f"the model options do not fit together: {e}") from e
     phases = check_options(args, base_cfg)
 
+    if args.backend is None and (hint := backend_hint()):
+        print(hint, file=sys.stderr)
     backend = get_backend(args.backend or default_backend())
     mesh, process, processes = scale_out(args, backend)
     threads = set_threads(args.threads)  # BLAS and numba alike
