@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-
 GELU_FORMS = ("erf", "tanh")
 CLASSIFIERS = ("token", "gap")
 _OPTIONS = ("gelu", "classifier", "pre_logits")  # checked on their own, not as positive integers

@@ -149,6 +149,8 @@ def _official_config(shapes: dict, path) -> tuple[ViTConfig, str]:
         return shapes[key]
 
     P, P2, C, D = _rank(need("embedding/kernel"), 4, "embedding/kernel", path)
+    if P != P2:
+        raise CheckpointError(f"{path}: patches of {P}x{P2} pixels; tinyvit's patches are square")
     blocks = {int(m.group(1)) for k in shapes if (m := re.match(r"Transformer/encoderblock_(\d+)/", k))}
     depth = max(blocks) + 1 if blocks else 0
     if depth == 0:
@@ -212,7 +214,9 @@ def _timm_config(shapes: dict, path, heads) -> ViTConfig:
             raise CheckpointError(f"{path}: timm layout, but no {key!r} (needed to read the model's shape)")
         return shapes[key]
 
-    D, C, P, _ = _rank(need("patch_embed.proj.weight"), 4, "patch_embed.proj.weight", path)
+    D, C, P, P2 = _rank(need("patch_embed.proj.weight"), 4, "patch_embed.proj.weight", path)
+    if P != P2:
+        raise CheckpointError(f"{path}: patches of {P}x{P2} pixels; tinyvit's patches are square")
     if "cls_token" not in shapes:
         raise CheckpointError(f"{path}: a timm model without a class token (its own pooling and fc_norm) "
                               "is not a layout tinyvit reads; expected 'cls_token'")  # fmt: skip

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UsageError
+
 NPZ, SAFETENSORS = "npz", "safetensors"
 
 # safetensors dtype name -> NumPy dtype (bfloat16 is widened by hand, NumPy has none)
@@ -29,7 +31,7 @@ _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": n
               "I64": np.int64, "I32": np.int32, "U8": np.uint8}  # fmt: skip
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint file that cannot be read as what it claims to be; the message says why."""
 
 
