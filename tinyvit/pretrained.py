@@ -30,24 +30,16 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from .checkpoint import savez_atomic
 from .config import ViTConfig
-from .model import ViT, param_shapes
+from .model import Normalization, ViT, param_shapes
 from .resolution import resize_pos_embed
 from .tensorfile import NPZ, CheckpointError, TensorFile
 
 OFFICIAL, TIMM, TINYVIT = "official", "timm", "tinyvit"
-
-
-class Normalization(NamedTuple):
-    """What a model expects of its input: (pixel / 255 - mean) / std per channel, in [0, 1] units."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
 
 
 # The official models read pixels scaled to [-1, 1]: (x - 0.5) / 0.5.
@@ -427,10 +419,9 @@ def load_pretrained(path, *, num_classes=None, image_size=None, backend=None, dt
             made[pos_name] = resize_pos_embed(old, cfg.grid_size, has_class_token=cfg.has_class_token)
             del old
         src.layout = [e for e in src.layout if e.name in param_shapes(cfg)]
-        model = ViT(cfg, dtype=dtype, backend=backend or default_backend(), params=_LazyParams(tf, src, made))
-    norm = normalization if normalization is not None else (src.normalization or UNIT_RANGE)
-    model.normalization = Normalization(tuple(float(v) for v in norm[0]), tuple(float(v) for v in norm[1]))
-    return model
+        norm = normalization if normalization is not None else (src.normalization or UNIT_RANGE)
+        return ViT(cfg, dtype=dtype, backend=backend or default_backend(), params=_LazyParams(tf, src, made),
+                   normalization=norm)  # fmt: skip
 
 
 def save_official(model: ViT, path, numbering: str = "legacy") -> Path:

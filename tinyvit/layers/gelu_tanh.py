@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .linear import linear_backward, linear_forward
+from .xp import namespace
 
 C = math.sqrt(2.0 / math.pi)
 A = 0.044715
@@ -26,7 +27,7 @@ class GeluTanhCache(NamedTuple):
 
 def gelu_tanh_forward(x):
     """Elementwise, any shape."""
-    t = np.tanh(C * (x + A * x * x * x))
+    t = namespace(x).tanh(C * (x + A * x * x * x))
     return (0.5 * x * (1.0 + t)).astype(x.dtype, copy=False), GeluTanhCache(x)
 
 
@@ -35,7 +36,7 @@ def gelu_tanh_backward(dout, cache):
     d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2),
     the product rule, with tanh' = 1 - tanh^2 and du/dx = c (1 + 3 a x^2)."""
     x = cache.x
-    t = np.tanh(C * (x + A * x * x * x))
+    t = namespace(x).tanh(C * (x + A * x * x * x))
     grad = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * A * x * x)
     return (dout * grad).astype(x.dtype, copy=False)
 

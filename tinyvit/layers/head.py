@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .xp import namespace
+
 
 class PosEmbedCache(NamedTuple):
     batch: int
@@ -39,7 +41,9 @@ def token_mean_forward(x):
 def token_mean_backward(dout, cache):
     """dout (B, D) -> dx (B, N, D): every token receives 1/N of the gradient of the mean."""
     B, D = dout.shape
-    return np.broadcast_to((dout / cache.num_tokens)[:, None, :], (B, cache.num_tokens, D)).copy()
+    xp = namespace(dout)
+    share = (dout / cache.num_tokens).astype(dout.dtype, copy=False)
+    return xp.broadcast_to(share[:, None, :], (B, cache.num_tokens, D)).copy()
 
 
 class TanhCache(NamedTuple):
@@ -48,7 +52,7 @@ class TanhCache(NamedTuple):
 
 def tanh_forward(x):
     """Elementwise, any shape."""
-    out = np.tanh(x)
+    out = namespace(x).tanh(x)
     return out, TanhCache(out)
 
 
