@@ -380,6 +380,12 @@ class _LazyParams(Mapping):
         return len(set(self.made) | set(self.entries))
 
 
+def read_config(path, heads=None) -> ViTConfig:
+    """The ViTConfig of a checkpoint file, read from its headers alone (no array is loaded)."""
+    with TensorFile(path) as tf:
+        return identify(tf, heads).cfg
+
+
 def load_pretrained(path, *, num_classes=None, image_size=None, backend=None, dtype=np.float32, heads=None,
                     normalization=None) -> ViT:
     """A ViT built from a checkpoint file alone: official (.npz), timm (.safetensors) or tinyvit (.npz).

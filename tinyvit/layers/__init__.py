@@ -14,7 +14,12 @@ from .embed import (
     embed_forward,
 )
 from .gelu import gelu_backward, gelu_forward, linear_gelu_backward, linear_gelu_forward
-from .gelu_tanh import gelu_tanh_backward, gelu_tanh_forward, linear_gelu_tanh_backward, linear_gelu_tanh_forward
+from .gelu_tanh import (
+    gelu_tanh_backward,
+    gelu_tanh_forward,
+    linear_gelu_tanh_backward,
+    linear_gelu_tanh_forward,
+)
 from .head import (
     pos_embed_backward,
     pos_embed_forward,
@@ -51,10 +56,10 @@ __all__ = [
     "linear_gelu_tanh_backward",
     "linear_gelu_tanh_forward",
     "patchify",
-    "pos_embed_backward",
-    "pos_embed_forward",
     "patchify_backward",
     "patchify_forward",
+    "pos_embed_backward",
+    "pos_embed_forward",
     "softmax",
     "tanh_backward",
     "tanh_forward",
