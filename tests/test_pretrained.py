@@ -298,6 +298,14 @@ def test_an_npz_of_something_else_is_named_as_such(tmp_path):
         load64(tmp_path / "x.npz")
 
 
+def test_non_finite_values_are_named_and_nothing_is_returned(tmp_path):
+    def edit(a):
+        a["Transformer/encoderblock_1/LayerNorm_0/bias"][3] = np.nan
+
+    with pytest.raises(CheckpointError, match=r"not hold a usable model.*blocks\.1\.norm1\.bias has non-finite"):
+        load64(official_file(tmp_path, edit))
+
+
 def test_a_missing_file_and_bad_options_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load64(tmp_path / "nope.npz")

@@ -35,6 +35,7 @@ import numpy as np
 
 from .checkpoint import savez_atomic
 from .config import ViTConfig
+from .errors import UsageError
 from .model import Normalization, ViT, param_shapes
 from .resolution import resize_pos_embed
 from .tensorfile import NPZ, CheckpointError, TensorFile
@@ -398,7 +399,7 @@ def load_pretrained(path, *, num_classes=None, image_size=None, backend=None, dt
     heads          timm files do not record the head count; this overrides the guess by width
     normalization  (mean, std) to use instead of the file's (model.normalization)
 
-    Raises CheckpointError (a ValueError) naming what the file lacks or holds in excess.
+    Raises CheckpointError (a UsageError, so a ValueError) naming what the file lacks or holds in excess.
     """
     from .backend import default_backend
 
@@ -409,7 +410,7 @@ def load_pretrained(path, *, num_classes=None, image_size=None, backend=None, dt
         pos_name = "pos_embed"
         if num_classes is not None and (num_classes != cfg.num_classes or cfg.num_classes == 0):
             if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-                raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+                raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
             cfg = cfg.replace(num_classes=int(num_classes), pre_logits=None)
             made["head.weight"] = np.zeros((cfg.dim, cfg.num_classes), np.float32)
             made["head.bias"] = np.zeros(cfg.num_classes, np.float32)
@@ -418,7 +419,7 @@ def load_pretrained(path, *, num_classes=None, image_size=None, backend=None, dt
         if image_size is not None and image_size != cfg.image_size:
             if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1 \
                     or image_size % cfg.patch_size:  # fmt: skip
-                raise ValueError(f"image_size must be a positive multiple of the patch size {cfg.patch_size}, "
+                raise UsageError(f"image_size must be a positive multiple of the patch size {cfg.patch_size}, "
                                  f"got {image_size!r}")  # fmt: skip
             old = _LazyParams(tf, src, {})[pos_name]
             cfg = cfg.replace(image_size=int(image_size))
@@ -426,8 +427,13 @@ def load_pretrained(path, *, num_classes=None, image_size=None, backend=None, dt
             del old
         src.layout = [e for e in src.layout if e.name in param_shapes(cfg)]
         norm = normalization if normalization is not None else (src.normalization or UNIT_RANGE)
-        return ViT(cfg, dtype=dtype, backend=backend or default_backend(), params=_LazyParams(tf, src, made),
-                   normalization=norm)  # fmt: skip
+        try:
+            return ViT(cfg, dtype=dtype, backend=backend or default_backend(), params=_LazyParams(tf, src, made),
+                       normalization=norm)  # fmt: skip
+        except CheckpointError:
+            raise
+        except ValueError as e:  # values the checks of names and shapes cannot see: NaN, infinity
+            raise CheckpointError(f"{path} does not hold a usable model: {e}") from e
 
 
 def save_official(model: ViT, path, numbering: str = "legacy") -> Path:
