@@ -24,7 +24,7 @@ from pretrained_files import (
     write_safetensors,
 )
 
-from tinyvit import ViT, get_preset
+from tinyvit import ViT, count_params, get_preset
 from tinyvit.checkpoint import save_checkpoint
 from tinyvit.pretrained import UNIT_RANGE, load_pretrained, save_official
 from tinyvit.resolution import resize_pos_embed
@@ -315,3 +315,91 @@ def test_a_missing_file_and_bad_options_are_refused(tmp_path):
     with pytest.raises(ValueError, match="num_classes must be a positive integer"):
         load64(path, num_classes=0)
     assert os.path.exists(path)
+
+
+# -- memory ----------------------------------------------------------------------------------------
+
+
+def test_loading_holds_the_model_once_plus_one_array(tmp_path):
+    """The arrays are read one at a time as the model takes them: NumPy's allocations (which
+    tracemalloc sees) peak at the model's size plus its largest array, not twice the model.
+    This is what keeps ViT-B/16 under 1 GiB and ViT-L/16 under 2.5 GiB of peak RSS when
+    predicting (docs/pretrained.md has the measurements)."""
+    import tracemalloc
+
+    cfg = get_preset("testing").replace(image_size=32, dim=128, depth=4, heads=4, mlp_dim=512, num_classes=10, gelu="tanh")
+    save_official(ViT(cfg, seed=0), tmp_path / "m.npz")
+    model_bytes = 4 * count_params(cfg)
+    tracemalloc.start()
+    try:
+        model = load_pretrained(tmp_path / "m.npz", backend="numpy")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert model.cfg == cfg
+    assert peak < 1.25 * model_bytes, f"peak {peak / 1e6:.2f} MB for a model of {model_bytes / 1e6:.2f} MB"
+
+
+# -- predict ---------------------------------------------------------------------------------------
+
+
+def test_the_imagenet_class_names_are_the_1000_synsets_in_order():
+    from tinyvit.predict import IMAGENET1K_CLASSES, imagenet1k_names
+
+    lines = IMAGENET1K_CLASSES.read_text(encoding="utf-8").splitlines()
+    ids = [line.split("\t")[0] for line in lines]
+    assert len(lines) == 1000 and ids == sorted(set(ids)) and all(i.startswith("n") and len(i) == 9 for i in ids)
+    names = imagenet1k_names()
+    assert len(names) == 1000 and all(names)
+    assert (names[0], names[207], names[281], names[999]) == (
+        "tench, Tinca tinca", "golden retriever", "tabby, tabby cat", "toilet tissue, toilet paper, bathroom tissue")
+
+
+def _image(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_predict_names_an_imagenet_models_classes(tmp_path, capsys):
+    from tinyvit.predict import imagenet1k_names, main
+
+    s = Spec(classes=1000)
+    np.savez(tmp_path / "in1k.npz", **official_arrays(s, np.random.default_rng(14)))
+    main(["--checkpoint", str(tmp_path / "in1k.npz"), "--backend", "numpy", _image(tmp_path)])
+    out = capsys.readouterr().out.splitlines()
+    names = [line.split("%", 1)[1].strip() for line in out[1:]]
+    assert len(names) == 5 and all(n in imagenet1k_names() for n in names)
+    # the same ranking as the model's own logits on the normalised image
+    from tinyvit.predict import load_image, predict
+
+    model = load_pretrained(tmp_path / "in1k.npz", backend="numpy")
+    top = predict(model, load_image(tmp_path / "img.png", 8)[None])[0]
+    assert names == [imagenet1k_names()[k] for k, _ in top]
+
+
+def test_predict_prints_indices_or_the_given_labels(tmp_path, capsys):
+    from tinyvit.predict import main
+
+    np.savez(tmp_path / "m.npz", **official_arrays(Spec(classes=7), np.random.default_rng(15)))
+    img = _image(tmp_path)
+    main(["--checkpoint", str(tmp_path / "m.npz"), "--backend", "numpy", "--top", "7", img])
+    assert sorted(line.split("%")[1].strip() for line in capsys.readouterr().out.splitlines()[1:]) == [str(k) for k in range(7)]
+    (tmp_path / "labels.txt").write_text("".join(f"class {k}\n" for k in range(7)))
+    main(["--checkpoint", str(tmp_path / "m.npz"), "--backend", "numpy", "--labels", str(tmp_path / "labels.txt"), img])
+    assert all(line.split("%")[1].strip().startswith("class ") for line in capsys.readouterr().out.splitlines()[1:])
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    with pytest.raises(SystemExit, match="short.txt has 2 names, the model has 7 classes"):
+        main(["--checkpoint", str(tmp_path / "m.npz"), "--backend", "numpy", "--labels", str(tmp_path / "short.txt"), img])
+
+
+def test_predict_turns_a_bad_file_into_one_line(tmp_path):
+    from tinyvit.predict import main
+
+    arrays = official_arrays(Spec(), np.random.default_rng(16))
+    del arrays["head/bias"]
+    np.savez(tmp_path / "m.npz", **arrays)
+    with pytest.raises(SystemExit, match="^error: .*m.npz .*missing head/bias"):
+        main(["--checkpoint", str(tmp_path / "m.npz"), "--backend", "numpy", _image(tmp_path)])
