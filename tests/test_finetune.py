@@ -6,6 +6,8 @@ The pretrained file is an official-layout checkpoint made from random numbers
 fine-tuned on the generated `shapes` data (6 classes) at 16 px, a few steps.
 """
 
+import os
+
 import numpy as np
 import pytest
 from pretrained_files import Spec, official_arrays
@@ -75,6 +77,9 @@ def test_the_next_run_removes_temporary_files_a_killed_run_left(tmp_path):
     other = out / "notes.tmp"
     other.write_text("not ours")
     savez_atomic(out / "checkpoint.npz", x=np.zeros(1))  # a finished write leaves no temporary file
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "checkpoint.npz").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only 0600
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "checkpoint.npz.k3j9x1.tmp", "notes.tmp"]
     (out / "checkpoint.npz").unlink()
     train(build_parser().parse_args([*COMMON, "--preset", "testing", "--out", str(out), "--epochs", "1"]))

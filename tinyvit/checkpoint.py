@@ -26,11 +26,17 @@ from .errors import UsageError
 
 
 def savez_atomic(path, **arrays) -> Path:
-    """np.savez to a temporary file beside `path`, flushed to disk, then renamed over it."""
+    """np.savez to a temporary file beside `path`, flushed to disk, then renamed over it.
+
+    The file gets the permissions any new file gets here (0666 less the umask), not the
+    owner-only 0600 of mkstemp's temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
