@@ -39,6 +39,7 @@ def test_fine_tuning_to_new_classes_and_a_new_resolution(tmp_path):
     assert (c.image_size, c.num_classes, c.pre_logits, c.classifier, c.gelu, c.dim) == (16, 6, None, "gap", "tanh", 8)
     assert ck.state["options"]["optimizer"] == "sgd" and ck.state["options"]["lr"] == 0.01
     assert ck.state["options"]["weight_decay"] == 0.0 and ck.state["options"]["momentum"] == 0.9
+    assert ck.state["options"]["label_smoothing"] == 0.0 and ck.state["options"]["clip_norm"] == 1.0
     assert ck.state["mean"] == [0.5, 0.5, 0.5] and ck.state["std"] == [0.5, 0.5, 0.5]  # the file's, not the data's
     assert {k.split("/")[0] for k in ck.opt_state if k != "step"} == {"momentum"}
     assert summary["steps"] == 8 and np.isfinite(summary["test_loss"])

@@ -10,7 +10,7 @@ OUT/metrics.jsonl and a checkpoint OUT/checkpoint.npz (written atomically).
 With --init the model starts from a pretrained checkpoint (any file
 tinyvit.load_pretrained reads): its shape, weights and input normalisation, a
 new zero head for the data's classes, and by default the paper's fine-tuning
-optimiser (SGD with momentum 0.9, no weight decay). A temporary file left
+optimiser (SGD with momentum 0.9, no weight decay, no label smoothing). A temporary file left
 beside the checkpoint by a run killed while saving is removed by the next run.
 Ctrl-C, --max-minutes and --max-steps stop cleanly: evaluate, save, exit.
 A non-finite loss stops training with a message naming the step and keeps the
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=None,
                    help="not on biases, norms, embeddings: AdamW's decoupled decay (default 0.05), SGD's L2 term (default 0)")
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length, in epochs")
-    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--label-smoothing", type=float, default=None, help="default: 0.1, and 0 with --init (as the paper fine-tunes)")
     g.add_argument("--clip-norm", type=float, default=1.0, help="global gradient norm limit (0: off)")
     g.add_argument("--progressive", default="", metavar="SIZE:EPOCHS,...",
                    help="train the first epochs at lower resolutions, e.g. 16:3,24:2 (then --image-size)")
@@ -402,6 +402,8 @@ def set_up(args) -> tuple[Run, Position, HostStep]:
         args.lr = 0.01 if args.optimizer == "sgd" else 2e-3
     if args.weight_decay is None:
         args.weight_decay = 0.0 if args.optimizer == "sgd" else 0.05
+    if args.label_smoothing is None:
+        args.label_smoothing = 0.0 if args.init else 0.1
     base_cfg = model_config(args, ck)
     phases = check_options(args, base_cfg)
 
