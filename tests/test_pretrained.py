@@ -306,6 +306,24 @@ def test_non_finite_values_are_named_and_nothing_is_returned(tmp_path):
         load64(official_file(tmp_path, edit))
 
 
+@pytest.mark.parametrize("kind", ["official", "timm"])
+def test_a_file_without_a_head_loads_with_a_new_one(tmp_path, kind):
+    if kind == "official":
+        arrays = official_arrays(Spec(representation=6), np.random.default_rng(17))
+        del arrays["head/kernel"], arrays["head/bias"]
+        np.savez(tmp_path / "m.npz", **arrays)
+        path = tmp_path / "m.npz"
+    else:
+        arrays = timm_arrays(Spec(width=12, heads=3), np.random.default_rng(17))
+        del arrays["head.weight"], arrays["head.bias"]
+        write_safetensors(tmp_path / "m.safetensors", arrays)
+        path = tmp_path / "m.safetensors"
+    with pytest.raises(CheckpointError, match="has no classifier head: pass num_classes"):
+        load64(path, heads=3)
+    model = load64(path, num_classes=4, heads=3)
+    assert model.cfg.num_classes == 4 and model.cfg.pre_logits is None and not model.numpy_params()["head.weight"].any()
+
+
 def test_a_missing_file_and_bad_options_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load64(tmp_path / "nope.npz")

@@ -159,7 +159,7 @@ def _official_config(shapes: dict, path) -> tuple[ViTConfig, str]:
     n = _rank(need("Transformer/posembed_input/pos_embedding"), 3, "pos_embedding", path)[1] - (classifier == "token")
     grid = _square_side(n, path)
     pre = shapes["pre_logits/kernel"][-1] if "pre_logits/kernel" in shapes else None
-    K = shapes["head/kernel"][-1] if "head/kernel" in shapes else 0
+    K = shapes["head/kernel"][-1] if "head/kernel" in shapes else 1  # no head: one is attached on loading
     cfg = _config(path, image_size=grid * P, patch_size=P, channels=C, dim=D, depth=depth, heads=H, mlp_dim=M,
                   num_classes=K, gelu="tanh", classifier=classifier, pre_logits=pre)  # fmt: skip
     return cfg, numbering
@@ -218,7 +218,7 @@ def _timm_config(shapes: dict, path, heads) -> ViTConfig:
         raise CheckpointError(f"{path}: timm layout, but no blocks.* arrays")
     M, _ = _rank(need("blocks.0.mlp.fc1.weight"), 2, "blocks.0.mlp.fc1.weight", path)
     grid = _square_side(_rank(need("pos_embed"), 3, "pos_embed", path)[1] - 1, path)
-    K = shapes["head.weight"][0] if "head.weight" in shapes else 0
+    K = shapes["head.weight"][0] if "head.weight" in shapes else 1  # no head: one is attached on loading
     if heads is None:
         heads = _heads_from_config_json(path)
     if heads is None:
@@ -305,7 +305,13 @@ class Source:
     prefix: str  # joined before every key of the layout
     ignored: frozenset  # keys that are not parameters (config, optimiser state)
     normalization: Normalization | None
-    dtype: str | None = None
+    headless: bool = False  # the file has no classifier head (a backbone): loading needs num_classes
+
+    def without_head(self) -> Source:
+        """The same source, expecting no head arrays in the file."""
+        self.layout = [e for e in self.layout if not e.name.startswith("head.")]
+        self.headless = True
+        return self
 
 
 def identify(tf: TensorFile, heads=None) -> Source:
@@ -319,7 +325,7 @@ def identify(tf: TensorFile, heads=None) -> Source:
             raise CheckpointError(f"{path}: a tinyvit checkpoint with a malformed config or state: {e}") from e
         norm = Normalization(tuple(state["mean"]), tuple(state["std"])) if "mean" in state and "std" in state else None
         ignored = frozenset(k for k in shapes if k in ("config", "state") or k.startswith("opt/"))
-        return Source(TINYVIT, cfg, tinyvit_layout(cfg), "", ignored, norm, state.get("dtype"))
+        return Source(TINYVIT, cfg, tinyvit_layout(cfg), "", ignored, norm)
     if tf.kind == NPZ:
         prefix = "opt/target/" if any(k.startswith("opt/target/") for k in shapes) else ""
         if not prefix and "embedding/kernel" not in shapes:
@@ -329,12 +335,14 @@ def identify(tf: TensorFile, heads=None) -> Source:
         cfg, numbering = _official_config(inner, path)
         # an optimiser's checkpoint keeps its own state beside the parameters under opt/
         ignored = frozenset(k for k in shapes if prefix and not k.startswith(prefix))
-        return Source(OFFICIAL, cfg, official_layout(cfg, numbering), prefix, ignored, UNIT_RANGE)
+        src = Source(OFFICIAL, cfg, official_layout(cfg, numbering), prefix, ignored, UNIT_RANGE)
+        return src.without_head() if not {"head/kernel", "head/bias"} & set(inner) else src
     cfg = _timm_config(shapes, path, heads)
-    return Source(TIMM, cfg, timm_layout(cfg), "", frozenset(), _timm_normalization(path))
+    src = Source(TIMM, cfg, timm_layout(cfg), "", frozenset(), _timm_normalization(path))
+    return src.without_head() if not {"head.weight", "head.bias"} & set(shapes) else src
 
 
-def check_arrays(tf: TensorFile, src: Source, skip=()) -> None:
+def check_arrays(tf: TensorFile, src: Source) -> None:
     """Raise CheckpointError naming every missing, unexpected and misshapen array (all of them at once)."""
     expected = {}
     for e in src.layout:
@@ -407,23 +415,22 @@ def load_pretrained(path, *, num_classes=None, image_size=None, backend=None, dt
         src = identify(tf, heads)
         check_arrays(tf, src)
         cfg, made = src.cfg, {}
-        pos_name = "pos_embed"
-        if num_classes is not None and (num_classes != cfg.num_classes or cfg.num_classes == 0):
+        if num_classes is not None and (num_classes != cfg.num_classes or src.headless):
             if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
                 raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
             cfg = cfg.replace(num_classes=int(num_classes), pre_logits=None)
             made["head.weight"] = np.zeros((cfg.dim, cfg.num_classes), np.float32)
             made["head.bias"] = np.zeros(cfg.num_classes, np.float32)
-        elif cfg.num_classes == 0:
+        elif src.headless:
             raise CheckpointError(f"{path} has no classifier head: pass num_classes=K to attach a new one")
         if image_size is not None and image_size != cfg.image_size:
             if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1 \
                     or image_size % cfg.patch_size:  # fmt: skip
                 raise UsageError(f"image_size must be a positive multiple of the patch size {cfg.patch_size}, "
                                  f"got {image_size!r}")  # fmt: skip
-            old = _LazyParams(tf, src, {})[pos_name]
+            old = _LazyParams(tf, src, {})["pos_embed"]
             cfg = cfg.replace(image_size=int(image_size))
-            made[pos_name] = resize_pos_embed(old, cfg.grid_size, has_class_token=cfg.has_class_token)
+            made["pos_embed"] = resize_pos_embed(old, cfg.grid_size, has_class_token=cfg.has_class_token)
             del old
         src.layout = [e for e in src.layout if e.name in param_shapes(cfg)]
         norm = normalization if normalization is not None else (src.normalization or UNIT_RANGE)
