@@ -179,8 +179,10 @@ def small_cuda_blocks(monkeypatch):
     from tinyvit.kernels.cuda_matmul import Blocking
 
     monkeypatch.setattr(cuda_common, "ELEMENT_THREADS", 16)  # several blocks even for these tiny arrays
+    monkeypatch.setattr(cuda_common, "ROW_THREADS", 4)
     monkeypatch.setattr(cuda_reduce, "COLUMN_CHUNK_ROWS", 2)
     monkeypatch.setattr(cuda_matmul, "BLOCKING", Blocking(bm=8, bn=8, bk=4, tm=2, tn=2))
+    monkeypatch.setattr(cuda_matmul, "BATCHED_BLOCKING", Blocking(bm=4, bn=4, bk=4, tm=2, tn=2))
 
 
 @pytest.mark.usefixtures("fast_simulator_barriers", "small_cuda_blocks")
