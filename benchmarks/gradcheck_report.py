@@ -91,10 +91,37 @@ def cross_entropy_case(rng):
     return forward, layers.cross_entropy_backward, [_uniform(rng, (B, K), -4.0, 4.0)]
 
 
+def gelu_tanh_case(rng):
+    shape = (rng.integers(1, 4), rng.integers(2, 7), rng.integers(1, 9))
+    return layers.gelu_tanh_forward, layers.gelu_tanh_backward, [_uniform(rng, shape, -4.0, 4.0)]
+
+
+def linear_gelu_tanh_case(rng):
+    _, _, inputs = linear_gelu_case(rng)  # the same inputs as the erf form's
+    return layers.linear_gelu_tanh_forward, layers.linear_gelu_tanh_backward, inputs
+
+
+def tanh_case(rng):
+    shape = (rng.integers(1, 4), rng.integers(1, 9))
+    return layers.tanh_forward, layers.tanh_backward, [_uniform(rng, shape, -3.0, 3.0)]
+
+
+def token_mean_case(rng):
+    shape = (rng.integers(1, 4), rng.integers(1, 7), rng.integers(1, 9))
+    return layers.token_mean_forward, layers.token_mean_backward, [_uniform(rng, shape)]
+
+
+def pos_embed_case(rng):
+    B, N, D = rng.integers(1, 4), rng.integers(1, 7), rng.integers(1, 9)
+    return layers.pos_embed_forward, layers.pos_embed_backward, [_uniform(rng, (B, N, D)), _uniform(rng, (N, D))]
+
+
 CASES = {
     "patchify": patchify_case, "linear": linear_case, "gelu": gelu_case, "linear_gelu": linear_gelu_case,
     "embed": embed_case, "class_token": class_token_case, "layernorm": layernorm_case,
     "attention": attention_case, "cross_entropy": cross_entropy_case,
+    "gelu_tanh": gelu_tanh_case, "linear_gelu_tanh": linear_gelu_tanh_case, "tanh": tanh_case,
+    "token_mean": token_mean_case, "pos_embed": pos_embed_case,
 }  # fmt: skip
 
 
@@ -121,13 +148,16 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", type=int, default=1000, help="random cases per layer (default 1000)")
     parser.add_argument("--model-seeds", type=int, default=10, help="perturbed models to check (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random cases (default 0)")
+    parser.add_argument("--layers", nargs="*", default=None, choices=sorted(CASES), help="only these layers (default: all)")
     args = parser.parse_args(argv)
     if args.cases < 1 or args.model_seeds < 1:
         parser.error(f"--cases and --model-seeds must be positive, got {args.cases} and {args.model_seeds}")
 
     rows = []
-    for name, make_case in CASES.items():
-        rng = np.random.default_rng([args.seed, len(rows)])
+    for index, (name, make_case) in enumerate(CASES.items()):
+        if args.layers is not None and name not in args.layers:
+            continue
+        rng = np.random.default_rng([args.seed, index])
         start = time.perf_counter()
         worst = 0.0
         for _ in range(args.cases):

@@ -11,6 +11,8 @@ numba CPU kernels, each module a version of one NumPy specification in tinyvit.l
     numba_patchify    patchify and its inverse
     numba_loss        softmax cross-entropy with label smoothing
     numba_adamw       AdamW in place, the global gradient norm, clipping
+    numba_head        the official checkpoints' options: fc1 + tanh GELU, position embedding without
+                      a class token, mean over tokens, the tanh of pre_logits
     numba_exp         a vectorisable exp (float64 and float32) for softmax and the GELU derivative
     numba_backend     the Backend that gathers them
 
@@ -18,5 +20,6 @@ numba.cuda GPU kernels, versions of the same specification, tested under the sim
     cuda_matmul       tiled shared-memory SGEMM, plain and register-blocked, transposed and batched forms
     cuda_reduce       block and warp reductions, the global gradient norm, column sums
     cuda_layernorm, cuda_attention, cuda_gelu, cuda_linear, cuda_loss, cuda_adamw, cuda_elementwise
+    cuda_head         the official checkpoints' options (as numba_head)
     cuda_common       launch sizes and array helpers; cuda_backend gathers them into the Backend
 """

@@ -11,6 +11,7 @@ Where each op lives:
     cuda_matmul       the matrix products (tiled, register-blocked; batched for attention)
     cuda_linear       linear forward/backward
     cuda_gelu         linear + fused bias/GELU
+    cuda_head         the official checkpoints' options: tanh GELU, no class token, mean pooling, pre_logits' tanh
     cuda_layernorm    LayerNorm
     cuda_attention    head split/merge, row softmax, attention forward/backward
     cuda_loss         cross-entropy
@@ -27,6 +28,7 @@ from numba import cuda
 from tinyvit.backend import Backend
 
 from . import cuda_elementwise as ew
+from . import cuda_head as head
 from .cuda_adamw import adamw_update
 from .cuda_attention import attention_backward, attention_forward, attention_probs
 from .cuda_gelu import linear_gelu_backward, linear_gelu_forward
@@ -56,6 +58,14 @@ BACKEND = Backend(
     attention_probs=attention_probs,
     class_token_forward=ew.class_token_forward,
     class_token_backward=ew.class_token_backward,
+    linear_gelu_tanh_forward=head.linear_gelu_tanh_forward,
+    linear_gelu_tanh_backward=head.linear_gelu_tanh_backward,
+    pos_embed_forward=head.pos_embed_forward,
+    pos_embed_backward=head.pos_embed_backward,
+    token_mean_forward=head.token_mean_forward,
+    token_mean_backward=head.token_mean_backward,
+    tanh_forward=head.tanh_forward,
+    tanh_backward=head.tanh_backward,
     cross_entropy_forward=cross_entropy_forward,
     cross_entropy_backward=cross_entropy_backward,
     count_correct=count_correct,

@@ -51,6 +51,8 @@ FLOOR = 1e-8  # denominator floor of rel_error
 STEP = {
     "patchify": LINEAR_H, "linear": LINEAR_H, "embed": LINEAR_H, "class_token": LINEAR_H,
     "gelu": H, "linear_gelu": H, "layernorm": H, "attention": H, "cross_entropy": H, "model": H,
+    # the options of the official checkpoints (tests/test_model_options.py)
+    "gelu_tanh": H, "linear_gelu_tanh": H, "tanh": H, "token_mean": LINEAR_H, "pos_embed": LINEAR_H,
 }  # fmt: skip
 
 # The worst rel_error each check may show; each test's docstring says why. The nonlinear ones are
@@ -62,6 +64,7 @@ TOLERANCE = {
     "patchify": 1e-12, "linear": 1e-10, "embed": 1e-10, "class_token": 1e-12,
     "gelu": 1e-5, "linear_gelu": 3e-4, "layernorm": 1e-4, "attention": 3e-4, "cross_entropy": 1e-4,
     "model": 1e-6,
+    "gelu_tanh": 1e-5, "linear_gelu_tanh": 3e-4, "tanh": 1e-7, "token_mean": 1e-12, "pos_embed": 1e-10,
 }  # fmt: skip
 
 

@@ -184,7 +184,7 @@ def test_evaluate_and_predict_turn_a_bad_checkpoint_into_one_line(tmp_path):
     from tinyvit.predict import main as predict_main
 
     (tmp_path / "junk.npz").write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match="^error: checkpoint .*junk.npz is not a readable .npz file"):
+    with pytest.raises(SystemExit, match=r"^error: .*junk.npz is neither an .npz \(zip\) nor a .safetensors file"):
         evaluate_main(["--checkpoint", str(tmp_path / "junk.npz"), "--backend", "numpy"])
     with pytest.raises(SystemExit, match="^error: checkpoint .*missing.npz does not exist"):
         predict_main(["--checkpoint", str(tmp_path / "missing.npz"), "--backend", "numpy", "x.png"])

@@ -2,6 +2,7 @@
 
     from tinyvit import ViTConfig, ViT
     model = ViT(ViTConfig(), seed=0, dtype=np.float32, backend="numpy")
+    model = load_pretrained("ViT-B_16.npz")      # official, timm or tinyvit checkpoints
 """
 
 from .threads import quiet_pools
@@ -10,13 +11,15 @@ quiet_pools()  # before NumPy loads OpenBLAS (see tinyvit/threads.py)
 
 from .backend import Backend, default_backend, get_backend, register_backend
 from .config import PRESETS, ViTConfig, get_preset
-from .model import ViT, count_params, init_params, param_shapes
+from .model import Normalization, ViT, count_params, init_params, param_shapes
+from .pretrained import load_pretrained, save_official
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
     "Backend",
+    "Normalization",
     "ViT",
     "ViTConfig",
     "count_params",
@@ -24,6 +27,8 @@ __all__ = [
     "get_backend",
     "get_preset",
     "init_params",
+    "load_pretrained",
     "param_shapes",
     "register_backend",
+    "save_official",
 ]

@@ -53,6 +53,15 @@ class Backend:
     attention_probs: Callable  # attention cache -> probs (B, H, N, N)
     class_token_forward: Callable
     class_token_backward: Callable
+    # -- the options of the official checkpoints (ViTConfig.gelu, .classifier, .pre_logits)
+    linear_gelu_tanh_forward: Callable  # fc1 with GELU in its tanh form
+    linear_gelu_tanh_backward: Callable
+    pos_embed_forward: Callable  # (x (B, N, D), pos_embed (N, D)): the embedding without a class token
+    pos_embed_backward: Callable
+    token_mean_forward: Callable  # (B, N, D) -> (B, D), global average pooling
+    token_mean_backward: Callable
+    tanh_forward: Callable  # the activation of pre_logits
+    tanh_backward: Callable
     cross_entropy_forward: Callable  # (logits, labels, smoothing) -> (loss, a backend scalar; cache)
     cross_entropy_backward: Callable  # (dloss, cache) -> dlogits
     count_correct: Callable  # (logits (B, K), labels (B,)) -> how many argmaxes equal the label, a backend scalar

@@ -8,7 +8,8 @@ Keys:
                         options, the data's class names and normalisation
 Nothing in it is a pickle, so loading one cannot run code. Writes go to a
 temporary file in the same directory, flushed to disk, then renamed over the
-old checkpoint: a crash mid-write leaves the previous checkpoint whole.
+old checkpoint: a crash mid-write leaves the previous checkpoint whole, and at
+worst the temporary file, which the next run removes (remove_stale_temporaries).
 """
 
 from __future__ import annotations
@@ -25,11 +26,17 @@ from .errors import UsageError
 
 
 def savez_atomic(path, **arrays) -> Path:
-    """np.savez to a temporary file beside `path`, flushed to disk, then renamed over it."""
+    """np.savez to a temporary file beside `path`, flushed to disk, then renamed over it.
+
+    The file gets the permissions any new file gets here (0666 less the umask), not the
+    owner-only 0600 of mkstemp's temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -39,6 +46,21 @@ def savez_atomic(path, **arrays) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Delete the temporary files savez_atomic leaves beside `path` when killed mid-write.
+
+    Only names of savez_atomic's own pattern, <name>.<random>.tmp, are touched. Returns the removed paths."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for tmp in path.parent.glob(path.name + ".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def save_checkpoint(path, params: dict, cfg: ViTConfig, state: dict, opt_state: dict | None = None) -> Path:

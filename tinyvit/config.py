@@ -10,6 +10,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+GELU_FORMS = ("erf", "tanh")
+CLASSIFIERS = ("token", "gap")
+_OPTIONS = ("gelu", "classifier", "pre_logits")  # checked on their own, not as positive integers
+
 
 @dataclass(frozen=True)
 class ViTConfig:
@@ -23,6 +27,12 @@ class ViTConfig:
     heads       H, attention heads; must divide dim (Dh = D // H)
     mlp_dim     M, hidden width of each block's MLP
     num_classes K, outputs of the classifier head
+    gelu        "erf": the exact GELU x Phi(x) (the paper, timm); "tanh": its tanh
+                approximation, flax's default and so the official checkpoints'
+    classifier  "token": the head reads the class token; "gap": no class token, the
+                head reads the mean of all tokens after the final LayerNorm
+    pre_logits  None, or the width of a dense + tanh layer before the head (the
+                official ImageNet-21k checkpoints have one of width D)
     """
 
     image_size: int = 32
@@ -33,9 +43,14 @@ class ViTConfig:
     heads: int = 3
     mlp_dim: int = 768
     num_classes: int = 10
+    gelu: str = "erf"
+    classifier: str = "token"
+    pre_logits: int | None = None
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
+            if field.name in _OPTIONS:
+                continue
             value = getattr(self, field.name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ViTConfig.{field.name} must be a positive integer, got {value!r}")
@@ -46,6 +61,13 @@ class ViTConfig:
             )
         if self.dim % self.heads:
             raise ValueError(f"heads {self.heads} must divide dim {self.dim} (remainder {self.dim % self.heads})")
+        if self.gelu not in GELU_FORMS:
+            raise ValueError(f"ViTConfig.gelu must be one of {GELU_FORMS}, got {self.gelu!r}")
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"ViTConfig.classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
+        p = self.pre_logits
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
+            raise ValueError(f"ViTConfig.pre_logits must be None or a positive integer, got {p!r}")
 
     @property
     def grid_size(self) -> int:
@@ -58,9 +80,14 @@ class ViTConfig:
         return self.grid_size**2
 
     @property
+    def has_class_token(self) -> bool:
+        """Whether a class token is prepended ("token" classifier) or not ("gap")."""
+        return self.classifier == "token"
+
+    @property
     def num_tokens(self) -> int:
-        """N: patch tokens plus the class token."""
-        return self.num_patches + 1
+        """N: patch tokens plus the class token (no class token with "gap")."""
+        return self.num_patches + int(self.has_class_token)
 
     @property
     def head_dim(self) -> int:
@@ -85,7 +112,7 @@ class ViTConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown ViTConfig fields {sorted(unknown)}; expected some of {sorted(names)}")
-        return cls(**{k: int(v) for k, v in d.items()})
+        return cls(**{k: v if k in _OPTIONS or v is None else int(v) for k, v in d.items()})
 
 
 PRESETS: dict[str, ViTConfig] = {

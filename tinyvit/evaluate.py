@@ -11,17 +11,19 @@ import sys
 
 import numpy as np
 
-from .backend import backend_names, default_backend, default_backend_description
-from .checkpoint import load_checkpoint
+from .backend import backend_names, default_backend_description
 from .errors import UsageError
 from .layers import cross_entropy_forward
-from .model import ViT
 
 
-def evaluate_arrays(model, images, labels, mean, std, batch_size=256, progress=None):
-    """Mean loss, accuracy and predictions of `model` on uint8 images (B, H, W, C)."""
+def evaluate_arrays(model, images, labels, mean=None, std=None, batch_size=256, progress=None):
+    """Mean loss, accuracy and predictions of `model` on uint8 images (B, H, W, C).
+
+    mean, std: the normalisation; None takes the model's own (model.normalization)."""
     from .data import normalize
 
+    if mean is None or std is None:
+        mean, std = (np.asarray(v, np.float32) for v in model.normalization)
     if len(labels) == 0:
         raise ValueError("there are no images to evaluate")
     total_loss, preds = 0.0, np.empty(len(labels), dtype=np.int64)
@@ -44,17 +46,6 @@ def confusion_matrix(labels, preds, num_classes):
     return cm
 
 
-def model_from_checkpoint(path, backend=None):
-    """(model, checkpoint) with the checkpoint's parameters loaded."""
-    ck = load_checkpoint(path)
-    dtype = np.dtype(ck.state.get("dtype", "float32"))
-    try:
-        model = ViT(ck.cfg, dtype=dtype, backend=backend or default_backend(), params=ck.params)
-    except ValueError as e:  # parameters that do not fit the checkpoint's own config
-        raise UsageError(f"checkpoint {path} does not hold a usable model: {e}") from e
-    return model, ck
-
-
 def format_report(class_names, labels, preds) -> str:
     K = len(class_names)
     cm = confusion_matrix(labels, preds, K)
@@ -72,8 +63,8 @@ def format_report(class_names, labels, preds) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tinyvit.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="a .npz checkpoint written by tinyvit.train")
-    p.add_argument("--data", default=None, help="cifar10, shapes or folder:PATH (default: the data it was trained on)")
+    p.add_argument("--checkpoint", required=True, help="a tinyvit, official (.npz) or timm (.safetensors) checkpoint")
+    p.add_argument("--data", default=None, help="cifar10, shapes or folder:PATH (default: the data a tinyvit checkpoint was trained on)")
     p.add_argument("--data-dir", default=None, help="where datasets live (default: $TINYVIT_DATA or ~/.cache/tinyvit)")
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--batch-size", type=int, default=256)
@@ -83,21 +74,26 @@ def main(argv=None):
     from tqdm import tqdm
 
     from .data import load_dataset
+    from .pretrained import load_pretrained
+    from .tensorfile import NPZ, TensorFile
 
     try:
-        model, ck = model_from_checkpoint(args.checkpoint, args.backend)
-        ds = load_dataset(args.data or ck.state.get("data", "cifar10"), data_dir=args.data_dir, image_size=ck.cfg.image_size, seed=ck.state.get("seed", 0))
+        with TensorFile(args.checkpoint) as tf:
+            state = json.loads(str(tf.read("state"))) if tf.kind == NPZ and "state" in tf.shapes else {}
+        if args.data is None and "data" not in state:
+            raise UsageError(f"{args.checkpoint} does not say what data it was trained on: pass --data")
+        model = load_pretrained(args.checkpoint, backend=args.backend, dtype=state.get("dtype", "float32"))
+        ds = load_dataset(args.data or state["data"], data_dir=args.data_dir, image_size=model.cfg.image_size,
+                          seed=state.get("seed", 0))  # fmt: skip
     except UsageError as e:
         sys.exit(f"error: {e}")
     images, labels = (ds.test_images, ds.test_labels) if args.split == "test" else (ds.train_images, ds.train_labels)
     if len(labels) == 0:
         sys.exit(f"error: the {args.split} split of {ds.name!r} has no images")
-    if len(ds.class_names) != ck.cfg.num_classes:
-        sys.exit(f"error: the data has {len(ds.class_names)} classes, the checkpoint's model {ck.cfg.num_classes}")
-    mean = np.asarray(ck.state.get("mean", ds.mean), np.float32)
-    std = np.asarray(ck.state.get("std", ds.std), np.float32)
+    if len(ds.class_names) != model.cfg.num_classes:
+        sys.exit(f"error: the data has {len(ds.class_names)} classes, the checkpoint's model {model.cfg.num_classes}")
     with tqdm(total=len(labels), desc=f"evaluating {args.split}", unit="img", file=sys.stderr) as bar:
-        loss, acc, preds = evaluate_arrays(model, images, labels, mean, std, args.batch_size, bar)
+        loss, acc, preds = evaluate_arrays(model, images, labels, batch_size=args.batch_size, progress=bar)
     if args.json:
         cm = confusion_matrix(labels, preds, len(ds.class_names))
         print(json.dumps({"accuracy": acc, "loss": loss, "class_names": ds.class_names,

@@ -12,6 +12,11 @@ The final LayerNorm is applied to the class token only: LayerNorm works row by
 row, so this gives the same logits and gradients as normalising every token and
 then reading row 0, without the wasted work.
 
+Options of the official checkpoints (ViTConfig): `gelu="tanh"` computes fc1's GELU
+in its tanh form; `classifier="gap"` has no class token (pos_embed covers the
+patches alone) and pools by the mean over all tokens after the final LayerNorm;
+`pre_logits=R` puts a dense layer of width R and a tanh before the head.
+
 The forward and backward passes are pure functions of the parameters
 (`forward`, `backward`, `loss_and_grads` below): they run on one backend from
 tinyvit.backend and never call a kernel themselves, so the same code drives the
@@ -35,12 +40,10 @@ from .errors import check_labels
 def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape, in forward order."""
     D, M, K = cfg.dim, cfg.mlp_dim, cfg.num_classes
-    shapes = {
-        "patch_embed.weight": (cfg.patch_dim, D),
-        "patch_embed.bias": (D,),
-        "cls_token": (D,),
-        "pos_embed": (cfg.num_tokens, D),
-    }
+    shapes = {"patch_embed.weight": (cfg.patch_dim, D), "patch_embed.bias": (D,)}
+    if cfg.has_class_token:
+        shapes["cls_token"] = (D,)
+    shapes["pos_embed"] = (cfg.num_tokens, D)
     for i in range(cfg.depth):
         b = f"blocks.{i}."
         shapes.update({
@@ -51,7 +54,12 @@ def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
             b + "mlp.fc1.weight": (D, M), b + "mlp.fc1.bias": (M,),
             b + "mlp.fc2.weight": (M, D), b + "mlp.fc2.bias": (D,),
         })  # fmt: skip
-    shapes.update({"norm.weight": (D,), "norm.bias": (D,), "head.weight": (D, K), "head.bias": (K,)})
+    shapes.update({"norm.weight": (D,), "norm.bias": (D,)})
+    R = D
+    if cfg.pre_logits is not None:
+        R = cfg.pre_logits
+        shapes.update({"pre_logits.weight": (D, R), "pre_logits.bias": (R,)})
+    shapes.update({"head.weight": (R, K), "head.bias": (K,)})
     return shapes
 
 
@@ -68,6 +76,7 @@ def init_params(cfg: ViTConfig, seed: int = 0, dtype=np.float32) -> dict[str, np
       so each third of qkv gets the Xavier bound of a (D, D) matrix; biases zero;
     - MLP: Xavier uniform, biases normal with std 1e-6;
     - LayerNorms: weight 1, bias 0;
+    - pre_logits (when there is one): LeCun normal, bias zero, flax's Dense defaults;
     - head: zeros, so every class starts equally likely and the first loss is log K.
     Xavier keeps activations and gradients near unit scale through each block, which
     with pre-LN residuals lets a deep stack train from the start without a warm-up trick.
@@ -83,6 +92,8 @@ def init_params(cfg: ViTConfig, seed: int = 0, dtype=np.float32) -> dict[str, np
     for name, shape in param_shapes(cfg).items():
         if name == "patch_embed.weight":
             value = rng.normal(0.0, 1.0 / math.sqrt(cfg.patch_dim), size=shape)
+        elif name == "pre_logits.weight":
+            value = rng.normal(0.0, 1.0 / math.sqrt(D), size=shape)
         elif name == "pos_embed":
             value = rng.normal(0.0, 0.02, size=shape)
         elif name.endswith(("attn.qkv.weight", "attn.proj.weight")):
@@ -120,8 +131,9 @@ class ModelCache(NamedTuple):
     patch_embed: tuple
     embed: tuple
     blocks: list  # one BlockCache per block
-    class_token: tuple
+    pool: tuple  # the class token's row, or the mean over tokens ("gap")
     norm: tuple
+    pre_logits: tuple | None  # (dense cache, tanh cache), or None without pre_logits
     head: tuple
 
 
@@ -130,7 +142,11 @@ def forward(cfg: ViTConfig, ops, params: dict, images):
     p = params
     x, c_patchify = ops.patchify_forward(images, cfg.patch_size)  # (B, N-1, P*P*C)
     x, c_patch = ops.linear_forward(x, p["patch_embed.weight"], p["patch_embed.bias"])  # (B, N-1, D)
-    x, c_embed = ops.embed_forward(x, p["cls_token"], p["pos_embed"])  # (B, N, D)
+    if cfg.has_class_token:
+        x, c_embed = ops.embed_forward(x, p["cls_token"], p["pos_embed"])  # (B, N, D)
+    else:
+        x, c_embed = ops.pos_embed_forward(x, p["pos_embed"])  # (B, N, D), N = patches only
+    fc1_forward = ops.linear_gelu_tanh_forward if cfg.gelu == "tanh" else ops.linear_gelu_forward
     blocks = []
     for i in range(cfg.depth):
         b = f"blocks.{i}."
@@ -140,14 +156,23 @@ def forward(cfg: ViTConfig, ops, params: dict, images):
         h, c_proj = ops.linear_forward(h, p[b + "attn.proj.weight"], p[b + "attn.proj.bias"])
         x = ops.add(x, h)
         h, c_n2 = ops.layernorm_forward(x, p[b + "norm2.weight"], p[b + "norm2.bias"])
-        h, c_fc1 = ops.linear_gelu_forward(h, p[b + "mlp.fc1.weight"], p[b + "mlp.fc1.bias"])  # (B, N, M)
+        h, c_fc1 = fc1_forward(h, p[b + "mlp.fc1.weight"], p[b + "mlp.fc1.bias"])  # (B, N, M)
         h, c_fc2 = ops.linear_forward(h, p[b + "mlp.fc2.weight"], p[b + "mlp.fc2.bias"])
         x = ops.add(x, h)
         blocks.append(BlockCache(c_n1, c_qkv, c_attn, c_proj, c_n2, c_fc1, c_fc2))
-    x, c_cls = ops.class_token_forward(x)  # (B, D)
-    x, c_norm = ops.layernorm_forward(x, p["norm.weight"], p["norm.bias"])
+    if cfg.has_class_token:
+        x, c_pool = ops.class_token_forward(x)  # (B, D)
+        x, c_norm = ops.layernorm_forward(x, p["norm.weight"], p["norm.bias"])
+    else:  # every token is normalised, then averaged
+        x, c_norm = ops.layernorm_forward(x, p["norm.weight"], p["norm.bias"])  # (B, N, D)
+        x, c_pool = ops.token_mean_forward(x)  # (B, D)
+    c_pre = None
+    if cfg.pre_logits is not None:
+        x, c_dense = ops.linear_forward(x, p["pre_logits.weight"], p["pre_logits.bias"])  # (B, R)
+        x, c_tanh = ops.tanh_forward(x)
+        c_pre = (c_dense, c_tanh)
     logits, c_head = ops.linear_forward(x, p["head.weight"], p["head.bias"])  # (B, K)
-    return logits, ModelCache(c_patchify, c_patch, c_embed, blocks, c_cls, c_norm, c_head)
+    return logits, ModelCache(c_patchify, c_patch, c_embed, blocks, c_pool, c_norm, c_pre, c_head)
 
 
 def backward(cfg: ViTConfig, ops, dlogits, cache: ModelCache) -> dict:
@@ -157,13 +182,22 @@ def backward(cfg: ViTConfig, ops, dlogits, cache: ModelCache) -> dict:
     stream x from both branches of a block are summed here."""
     grads = {}
     dx, grads["head.weight"], grads["head.bias"] = ops.linear_backward(dlogits, cache.head)
-    dx, grads["norm.weight"], grads["norm.bias"] = ops.layernorm_backward(dx, cache.norm)
-    dx = ops.class_token_backward(dx, cache.class_token)  # (B, N, D)
+    if cache.pre_logits is not None:
+        c_dense, c_tanh = cache.pre_logits
+        dx = ops.tanh_backward(dx, c_tanh)
+        dx, grads["pre_logits.weight"], grads["pre_logits.bias"] = ops.linear_backward(dx, c_dense)
+    if cfg.has_class_token:
+        dx, grads["norm.weight"], grads["norm.bias"] = ops.layernorm_backward(dx, cache.norm)
+        dx = ops.class_token_backward(dx, cache.pool)  # (B, N, D)
+    else:
+        dx = ops.token_mean_backward(dx, cache.pool)  # (B, N, D)
+        dx, grads["norm.weight"], grads["norm.bias"] = ops.layernorm_backward(dx, cache.norm)
+    fc1_backward = ops.linear_gelu_tanh_backward if cfg.gelu == "tanh" else ops.linear_gelu_backward
     for i in reversed(range(cfg.depth)):
         b, c = f"blocks.{i}.", cache.blocks[i]
         # x = x + fc2(gelu(fc1(norm2(x)))): the residual passes dx through unchanged
         dh, grads[b + "mlp.fc2.weight"], grads[b + "mlp.fc2.bias"] = ops.linear_backward(dx, c.fc2)
-        dh, grads[b + "mlp.fc1.weight"], grads[b + "mlp.fc1.bias"] = ops.linear_gelu_backward(dh, c.fc1)
+        dh, grads[b + "mlp.fc1.weight"], grads[b + "mlp.fc1.bias"] = fc1_backward(dh, c.fc1)
         dh, grads[b + "norm2.weight"], grads[b + "norm2.bias"] = ops.layernorm_backward(dh, c.norm2)
         dx = ops.add(dx, dh)
         # x = x + proj(attention(qkv(norm1(x))))
@@ -172,7 +206,10 @@ def backward(cfg: ViTConfig, ops, dlogits, cache: ModelCache) -> dict:
         dh, grads[b + "attn.qkv.weight"], grads[b + "attn.qkv.bias"] = ops.linear_backward(dh, c.qkv)
         dh, grads[b + "norm1.weight"], grads[b + "norm1.bias"] = ops.layernorm_backward(dh, c.norm1)
         dx = ops.add(dx, dh)
-    dx, grads["cls_token"], grads["pos_embed"] = ops.embed_backward(dx, cache.embed)
+    if cfg.has_class_token:
+        dx, grads["cls_token"], grads["pos_embed"] = ops.embed_backward(dx, cache.embed)
+    else:
+        dx, grads["pos_embed"] = ops.pos_embed_backward(dx, cache.embed)
     _, grads["patch_embed.weight"], grads["patch_embed.bias"] = ops.linear_backward(dx, cache.patch_embed)
     return {k: grads[k] for k in param_shapes(cfg)}  # forward order
 
@@ -197,6 +234,21 @@ def logits_and_attention(cfg: ViTConfig, ops, params: dict, images, return_atten
     return logits, [ops.attention_probs(blk.attn) for blk in cache.blocks]
 
 
+class Normalization(NamedTuple):
+    """What a model expects of its input: (pixel / 255 - mean) / std per channel, in [0, 1] units."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, pair) -> Normalization:
+        """A checked Normalization from any (mean, std) pair of per-channel sequences."""
+        mean, std = (tuple(float(v) for v in np.asarray(a, np.float64).reshape(-1)) for a in pair)
+        if len(mean) != len(std) or not all(s > 0 for s in std):
+            raise ValueError(f"normalization needs a mean and a positive std per channel, got {mean}, {std}")
+        return cls(mean, std)
+
+
 class ViT:
     """A Vision Transformer with a hand-written backward pass.
 
@@ -205,12 +257,14 @@ class ViT:
     logits = model.forward(images)                # (B, H, W, C) -> (B, K)
     logits, probs = model.forward(images, return_attention=True)   # probs: per block (B, H, N, N)
     loss, grads = model.loss_and_grads(images, labels)             # grads: same keys and shapes as params
+    model.normalization                           # (mean, std) its inputs expect, or None if unknown
 
     The methods check their inputs, then call the pure functions of this module on
     model.params (compiled once per model where the backend compiles, e.g. `jax`).
     """
 
-    def __init__(self, cfg: ViTConfig, seed: int = 0, dtype=np.float32, backend: str = "numpy", params=None):
+    def __init__(self, cfg: ViTConfig, seed: int = 0, dtype=np.float32, backend: str = "numpy", params=None,
+                 normalization=None):  # fmt: skip
         if not isinstance(cfg, ViTConfig):
             raise TypeError(f"cfg must be a ViTConfig, got {type(cfg).__name__}")
         dtype = np.dtype(dtype)
@@ -219,8 +273,11 @@ class ViT:
         self.cfg, self.dtype = cfg, dtype
         self.backend = get_backend(backend)
         self.backend.use_dtype(dtype)
-        host = init_params(cfg, seed, dtype) if params is None else self._checked_params(params)
-        self.params = {k: self.backend.asarray(v, dtype) for k, v in host.items()}
+        if params is None:
+            self.params = {k: self.backend.asarray(v, dtype) for k, v in init_params(cfg, seed, dtype).items()}
+        else:
+            self.params = self._checked_params(params)
+        self.normalization = None if normalization is None else Normalization.of(normalization)
         ops = self.backend
         self._loss_and_grads = ops.jit(lambda p, x, y, s: loss_and_grads(cfg, ops, p, x, y, s))
         self._logits = ops.jit(lambda p, x: logits_and_attention(cfg, ops, p, x))
@@ -228,7 +285,11 @@ class ViT:
 
     # -- parameters -------------------------------------------------------------------------
 
-    def _checked_params(self, params) -> dict[str, np.ndarray]:
+    def _checked_params(self, params) -> dict:
+        """Checked backend copies of `params` (name -> array), made one parameter at a time.
+
+        `params` may be any mapping, also one that reads each array from a file when asked
+        (tinyvit.pretrained): a large model is then never held in memory twice over."""
         shapes = param_shapes(self.cfg)
         missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
         if missing or extra:
@@ -240,7 +301,7 @@ class ViT:
                 raise ValueError(f"parameter {k} has shape {v.shape}, expected {shape}")
             if not np.all(np.isfinite(v)):
                 raise ValueError(f"parameter {k} has non-finite values")
-            out[k] = v.astype(self.dtype)
+            out[k] = self.backend.asarray(v, self.dtype)
         return out
 
     def numpy_params(self) -> dict[str, np.ndarray]:
@@ -249,8 +310,7 @@ class ViT:
 
     def load_params(self, params) -> None:
         """Replace every parameter with a checked copy of `params` (name -> array)."""
-        checked = self._checked_params(params)
-        self.params = {k: self.backend.asarray(v, self.dtype) for k, v in checked.items()}
+        self.params = self._checked_params(params)
 
     @property
     def num_params(self) -> int:

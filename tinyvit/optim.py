@@ -1,4 +1,4 @@
-"""AdamW with decoupled weight decay, the learning-rate schedule and gradient clipping.
+"""AdamW with decoupled weight decay, SGD with momentum, the learning-rate schedule and gradient clipping.
 
 The optimiser is written as pure functions over dicts of arrays, so that one
 training step can be compiled as a whole (the `jax` backend does):
@@ -10,6 +10,10 @@ training step can be compiled as a whole (the `jax` backend does):
 per-array ops every backend implements; nothing writes into its inputs. The
 gradient norm stays a backend scalar; callers make it a Python float where they
 check or print it. `AdamW` drives these functions for a model on a host backend.
+
+SGD with momentum (`sgd_apply`, `SGD`) is what the paper fine-tunes with. It is
+written with the backend's `add` and `scale`, which every backend has, so it
+needs no kernel of its own.
 """
 
 from __future__ import annotations
@@ -178,3 +182,77 @@ class AdamW:
                     raise ValueError(f"optimizer state {moment}/{k} has shape {arr.shape}, expected {tuple(store[k].shape)}")
                 store[k] = self.backend.asarray(arr, self.model.dtype)
         self.state = AdamWState(int(state["step"]), moments["m"], moments["v"])
+
+
+# -- SGD with momentum: the paper's fine-tuning optimiser ------------------------------------------
+
+
+class SGDState(NamedTuple):
+    """The number of steps taken and the momentum buffer of every parameter."""
+
+    step: int
+    momentum: dict
+
+
+def sgd_init(ops, params: dict) -> SGDState:
+    return SGDState(0, {k: ops.zeros_like(p) for k, p in params.items()})
+
+
+def sgd_apply(ops, params: dict, grads: dict, state: SGDState, lr, momentum: float = 0.9, weight_decay: float = 0.0):
+    """One step of SGD with (heavy-ball) momentum -> (new params, new state); the inputs are unchanged.
+
+        g <- g + wd * p           (only with weight_decay, and not on biases, norms, embeddings)
+        buf <- momentum * buf + g
+        p <- p - lr * buf
+    as flax's Momentum optimiser (the official fine-tuning code) and torch.optim.SGD do it."""
+    new_params, bufs = {}, {}
+    for name, p in params.items():
+        g = grads[name]
+        if weight_decay and not no_decay(name):
+            g = ops.add(g, ops.scale([p], weight_decay)[0])
+        buf = ops.add(ops.scale([state.momentum[name]], momentum)[0], g)
+        new_params[name] = ops.add(p, ops.scale([buf], -lr)[0])
+        bufs[name] = buf
+    return new_params, SGDState(state.step + 1, bufs)
+
+
+class SGD:
+    """SGD with momentum over a model's parameters, with global-norm clipping; the interface of AdamW."""
+
+    def __init__(self, model, lr=0.01, momentum=0.9, weight_decay=0.0, clip_norm=1.0):
+        self.model = model
+        self.backend = model.backend
+        self.lr, self.momentum, self.weight_decay, self.clip_norm = lr, momentum, weight_decay, clip_norm
+        self.state = sgd_init(self.backend, model.params)
+
+    @property
+    def step_count(self) -> int:
+        return int(self.state.step)
+
+    def step(self, grads, lr=None) -> float:
+        """Clip, then update every parameter. Returns the gradient norm before clipping, a float."""
+        grads, norm = clip_by_global_norm(self.backend, grads, self.clip_norm)
+        norm = float(norm)
+        if not math.isfinite(norm):
+            raise FloatingPointError(f"gradient norm is {norm}; no parameter was updated")
+        lr = self.lr if lr is None else lr
+        self.model.params, self.state = sgd_apply(self.backend, self.model.params, grads, self.state, lr,
+                                                  self.momentum, self.weight_decay)  # fmt: skip
+        return norm
+
+    def state_dict(self) -> dict:
+        out = {"step": np.int64(self.state.step)}
+        for k, buf in self.state.momentum.items():
+            out[f"momentum/{k}"] = self.backend.to_numpy(buf)
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        bufs = {}
+        for k, old in self.state.momentum.items():
+            if f"momentum/{k}" not in state:
+                raise ValueError(f"optimizer state has no momentum/{k}: not written by SGD")
+            arr = np.asarray(state[f"momentum/{k}"])
+            if arr.shape != tuple(old.shape):
+                raise ValueError(f"optimizer state momentum/{k} has shape {arr.shape}, expected {tuple(old.shape)}")
+            bufs[k] = self.backend.asarray(arr, self.model.dtype)
+        self.state = SGDState(int(state["step"]), bufs)

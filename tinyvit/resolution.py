@@ -16,25 +16,28 @@ from scipy import ndimage
 from .config import ViTConfig
 
 
-def resize_pos_embed(pos_embed: np.ndarray, new_grid: int) -> np.ndarray:
-    """(1 + g*g, D) -> (1 + new_grid*new_grid, D), bilinear on the grid, class row kept.
+def resize_pos_embed(pos_embed: np.ndarray, new_grid: int, has_class_token: bool = True) -> np.ndarray:
+    """(c + g*g, D) -> (c + new_grid*new_grid, D), bilinear on the grid; c = 1 class-token row, kept as it is.
 
-    Bilinear (order 1) zoom as in google-research/vision_transformer's checkpoint loader."""
+    Bilinear (order 1) zoom as in google-research/vision_transformer's checkpoint loader:
+    scipy.ndimage.zoom maps the corner patches of the old grid onto the corners of the new one.
+    A model without a class token ("gap") has no row to keep apart (c = 0)."""
     n, D = pos_embed.shape
-    g = round((n - 1) ** 0.5)
-    if g * g != n - 1:
-        raise ValueError(f"pos_embed has {n - 1} patch rows, expected a square grid")
+    c = int(bool(has_class_token))
+    g = round(max(n - c, 0) ** 0.5)
+    if g < 1 or g * g != n - c:
+        raise ValueError(f"pos_embed has {n - c} patch rows, expected a square grid")
     if new_grid == g:
         return pos_embed.copy()
-    grid = pos_embed[1:].reshape(g, g, D).astype(np.float64)
+    grid = pos_embed[c:].reshape(g, g, D).astype(np.float64)
     zoom = new_grid / g
     new = ndimage.zoom(grid, (zoom, zoom, 1), order=1)  # (new_grid, new_grid, D)
-    return np.concatenate([pos_embed[:1], new.reshape(new_grid * new_grid, D).astype(pos_embed.dtype)])
+    return np.concatenate([pos_embed[:c], new.reshape(new_grid * new_grid, D).astype(pos_embed.dtype)])
 
 
 def params_at_resolution(params: dict, cfg: ViTConfig, image_size: int) -> tuple[ViTConfig, dict]:
     """A config at `image_size` and a copy of params whose pos_embed fits it."""
     new_cfg = cfg.replace(image_size=image_size)
     out = dict(params)
-    out["pos_embed"] = resize_pos_embed(np.asarray(params["pos_embed"]), new_cfg.grid_size)
+    out["pos_embed"] = resize_pos_embed(np.asarray(params["pos_embed"]), new_cfg.grid_size, cfg.has_class_token)
     return new_cfg, out

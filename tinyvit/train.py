@@ -3,9 +3,15 @@
     python -m tinyvit.train --data cifar10
     python -m tinyvit.train --data shapes --preset testing --epochs 2
     python -m tinyvit.train --data cifar10 --out runs/c10 --resume
+    python -m tinyvit.train --init ViT-B_16.npz --data folder:flowers --image-size 384   # fine-tune
 
 Each epoch ends with an evaluation on the test split, a line appended to
 OUT/metrics.jsonl and a checkpoint OUT/checkpoint.npz (written atomically).
+With --init the model starts from a pretrained checkpoint (any file
+tinyvit.load_pretrained reads): its shape, weights and input normalisation, a
+new zero head for the data's classes, and by default the paper's fine-tuning
+optimiser (SGD with momentum 0.9, no weight decay, no label smoothing). A temporary file left
+beside the checkpoint by a run killed while saving is removed by the next run.
 Ctrl-C, --max-minutes and --max-steps stop cleanly: evaluate, save, exit.
 A non-finite loss stops training with a message naming the step and keeps the
 last good checkpoint. --resume continues exactly where the checkpoint left off:
@@ -42,13 +48,14 @@ from .backend import (
     default_backend_description,
     get_backend,
 )
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import PRESETS, ViTConfig, get_preset
 from .data.base import Dataset, resize_images
 from .errors import UsageError
 from .evaluate import evaluate_arrays
 from .model import ViT, count_params
-from .optim import AdamW, AdamWHyper, lr_at
+from .optim import SGD, AdamW, AdamWHyper, lr_at
+from .pretrained import load_pretrained, read_config
 from .resolution import params_at_resolution
 from .threads import set_threads
 
@@ -78,14 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name in MODEL_FLAGS:
         g.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"override the preset's {name}")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    g.add_argument("--init", default=None, metavar="PATH",
+                   help="start from a pretrained checkpoint (official .npz, timm .safetensors, tinyvit .npz): "
+                        "its shape, weights and normalisation, a new head; only --image-size (and --heads for timm) may be given")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=20)
     g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    g.add_argument("--optimizer", default=None, choices=["adamw", "sgd"],
+                   help="default: sgd (momentum, the paper's fine-tuning) with --init, else adamw")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 0.01 for sgd, 2e-3 for adamw)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum")
     g.add_argument("--min-lr", type=float, default=1e-5, help="learning rate at the end of the cosine")
-    g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's decoupled decay (not on biases, norms, embeddings)")
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help="not on biases, norms, embeddings: AdamW's decoupled decay (default 0.05), SGD's L2 term (default 0)")
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length, in epochs")
-    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--label-smoothing", type=float, default=None, help="default: 0.1, and 0 with --init (as the paper fine-tunes)")
     g.add_argument("--clip-norm", type=float, default=1.0, help="global gradient norm limit (0: off)")
     g.add_argument("--progressive", default="", metavar="SIZE:EPOCHS,...",
                    help="train the first epochs at lower resolutions, e.g. 16:3,24:2 (then --image-size)")
@@ -186,9 +200,9 @@ class HostStep:
         result = step(images, labels, lr)      # -> StepResult
 
     The step owns the training state, on the backend: the parameters in
-    `step.model.params` and AdamW's moments in `step.optimizer.state`; each call
+    `step.model.params` and the optimiser's moments in `step.optimizer.state`; each call
     replaces them with the updated arrays. The step is the model's hand-written
-    loss_and_grads, then AdamW (global-norm clipping first), one backend op at a
+    loss_and_grads, then AdamW or SGD (global-norm clipping first), one backend op at a
     time. A step that compiles all of it into one function can take its place
     (tinyvit.distributed.JaxStep is one): the trainer needs only `model` (to
     evaluate), `host_params()` and `optimizer_state()` (to checkpoint), and the call.
@@ -197,7 +211,7 @@ class HostStep:
     finite, before any parameter changes.
     """
 
-    def __init__(self, model: ViT, optimizer: AdamW, label_smoothing: float):
+    def __init__(self, model: ViT, optimizer: AdamW | SGD, label_smoothing: float):
         self.model, self.optimizer, self.label_smoothing = model, optimizer, label_smoothing
 
     def __call__(self, images: np.ndarray, labels: np.ndarray, lr: float) -> StepResult:
@@ -215,7 +229,7 @@ class HostStep:
         return self.model.numpy_params()
 
     def optimizer_state(self) -> dict:
-        """AdamW's moments and step count as host arrays (the checkpoint's format)."""
+        """The optimiser's moments and step count as host arrays (the checkpoint's format)."""
         return self.optimizer.state_dict()
 
 
@@ -244,6 +258,8 @@ class Run:
     backend: Backend
     threads: int
     steps_per_epoch: int
+    mean: np.ndarray  # (3,) the normalisation the model expects: the data's, or a pretrained model's own
+    std: np.ndarray
     mesh: Any = None  # --backend jax: the device mesh the step runs over
     process: int = 0  # multi-process: this process's index; each feeds its own rows of every batch
     processes: int = 1
@@ -292,7 +308,7 @@ class Run:
             size = images.shape[1]
             batch = augment_batch(batch, np.random.default_rng([a.seed, epoch, b]), pad=max(1, size // 8),
                                   rows=(first, a.batch_size))  # fmt: skip
-        return normalize(batch, self.ds.mean, self.ds.std, dtype=dtype), self.ds.train_labels[idx]
+        return normalize(batch, self.mean, self.std, dtype=dtype), self.ds.train_labels[idx]
 
 
 def _options(args) -> dict:
@@ -313,6 +329,8 @@ def check_options(args, cfg: ViTConfig) -> list[tuple[int, int]]:
         raise UsageError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if args.lr <= 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
+    if not 0.0 <= args.momentum < 1.0:
+        raise UsageError(f"--momentum must be in [0, 1), got {args.momentum}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     for name in ("clip_norm", "weight_decay", "warmup_epochs", "min_lr", "max_steps", "max_minutes"):
@@ -346,12 +364,12 @@ def resume_checkpoint(args, ckpt_path: Path):
 
 
 def build_step(run: Run, cfg: ViTConfig, params=None, optimizer_state=None) -> HostStep:
-    """A step for a model of `cfg`: fresh (seeded) parameters, or the given ones and AdamW state.
+    """A step for a model of `cfg`: fresh (seeded) parameters, or the given ones and optimiser state.
 
     `jax`: one compiled step over the run's device mesh (tinyvit.distributed.JaxStep);
     every other backend: HostStep."""
     a = run.args
-    model = ViT(cfg, seed=a.seed, dtype=a.dtype, backend=run.backend, params=params)
+    model = ViT(cfg, seed=a.seed, dtype=a.dtype, backend=run.backend, params=params, normalization=(run.mean, run.std))
     if run.mesh is not None:
         from .distributed import JaxStep
 
@@ -360,7 +378,10 @@ def build_step(run: Run, cfg: ViTConfig, params=None, optimizer_state=None) -> H
         if optimizer_state is not None:
             step.load_optimizer_state(optimizer_state)
         return step
-    optimizer = AdamW(model, lr=a.lr, weight_decay=a.weight_decay, clip_norm=a.clip_norm)
+    if a.optimizer == "sgd":
+        optimizer = SGD(model, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay, clip_norm=a.clip_norm)
+    else:
+        optimizer = AdamW(model, lr=a.lr, weight_decay=a.weight_decay, clip_norm=a.clip_norm)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     return HostStep(model, optimizer, a.label_smoothing)
@@ -371,19 +392,28 @@ def set_up(args) -> tuple[Run, Position, HostStep]:
     from .data import load_dataset
 
     out = Path(args.out or f"runs/{args.data.replace(':', '_').replace('/', '_')}")
+    for stale in remove_stale_temporaries(out / "checkpoint.npz"):
+        print(f"removed {stale}, left by a run stopped while saving", file=sys.stderr)
     ck = resume_checkpoint(args, out / "checkpoint.npz")
     position = Position(**{k: ck.state[k] for k in asdict(Position())}) if ck else Position()
-    overrides = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
-    try:
-        base_cfg = get_preset(args.preset, **overrides)
-    except ValueError as e:  # the config's own checks, of values the user chose
-        raise UsageError(f"the model options do not fit together: {e}") from e
+    if args.optimizer is None:
+        args.optimizer = "sgd" if args.init else "adamw"
+    if args.lr is None:
+        args.lr = 0.01 if args.optimizer == "sgd" else 2e-3
+    if args.weight_decay is None:
+        args.weight_decay = 0.0 if args.optimizer == "sgd" else 0.05
+    if args.label_smoothing is None:
+        args.label_smoothing = 0.0 if args.init else 0.1
+    base_cfg = model_config(args, ck)
     phases = check_options(args, base_cfg)
 
     if args.backend is None and (hint := backend_hint()):
         print(hint, file=sys.stderr)
     backend = get_backend(args.backend or default_backend())
     mesh, process, processes = scale_out(args, backend)
+    if mesh is not None and args.optimizer == "sgd":
+        raise UsageError("--optimizer sgd runs on the numpy, numba and cuda backends; the jax step is AdamW's: "
+                         "pass --optimizer adamw")  # fmt: skip
     threads = set_threads(args.threads)  # BLAS and numba alike
     ds = load_dataset(args.data, data_dir=args.data_dir, image_size=base_cfg.image_size, seed=args.seed,
                       progress=args.progress and sys.stderr.isatty())  # fmt: skip
@@ -393,12 +423,23 @@ def set_up(args) -> tuple[Run, Position, HostStep]:
     if steps_per_epoch < 1:
         raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({len(ds.train_labels)} images)")
     cfg = base_cfg.replace(num_classes=len(ds.class_names))
-    run = Run(args, out, ds, cfg, phases, backend, threads, steps_per_epoch, mesh, process, processes)
+    mean, std, init = ds.mean, ds.std, None
+    if ck is not None:
+        mean, std = np.asarray(ck.state["mean"], np.float32), np.asarray(ck.state["std"], np.float32)
+    elif args.init:  # the normalisation the pretrained weights expect, not this data's statistics
+        first = size_for_epoch(0, phases, base_cfg.image_size)
+        init = load_pretrained(args.init, num_classes=cfg.num_classes, image_size=first, backend=backend,
+                               dtype=args.dtype, heads=args.heads)  # fmt: skip
+        mean, std = (np.asarray(v, np.float32) for v in init.normalization)
+        cfg = init.cfg.replace(image_size=base_cfg.image_size)  # a new head drops pre_logits, as the official code does
+    run = Run(args, out, ds, cfg, phases, backend, threads, steps_per_epoch, mean, std, mesh, process, processes)
     if ck is not None:
         try:
             step = build_step(run, ck.cfg, ck.params, ck.opt_state)
         except (ValueError, KeyError) as e:  # parameters or moments that do not fit the checkpoint's config
             raise UsageError(f"{run.ckpt_path} does not hold a usable model and optimiser state: {e!r}") from e
+    elif init is not None:
+        step = build_step(run, init.cfg, init.numpy_params())
     else:
         step = build_step(run, cfg.replace(image_size=run.size_for_epoch(0)))
     return run, position, step
@@ -428,14 +469,37 @@ def scale_out(args, backend: Backend):
     return mesh, jax.process_index(), processes
 
 
+def model_config(args, ck) -> ViTConfig:
+    """The final model's config but its class count: a resumed run's own, a pretrained file's
+    (--init, with --image-size), or the preset with the model flags."""
+    if ck is not None and "final_config" in ck.state:  # whatever the flags or the --init file say now
+        return ViTConfig.from_dict(ck.state["final_config"])
+    if args.init:
+        fixed = [k for k in MODEL_FLAGS if k not in ("image_size", "heads") and getattr(args, k) is not None]
+        if fixed:
+            raise UsageError(f"--init takes the model's shape from {args.init}; "
+                             + ", ".join(f"--{k.replace('_', '-')}" for k in fixed) + " cannot change it")  # fmt: skip
+        cfg = read_config(args.init, heads=args.heads)
+        if args.image_size is not None:
+            if args.image_size < 1 or args.image_size % cfg.patch_size:
+                raise UsageError(f"--image-size {args.image_size} must be a multiple of {args.init}'s patch size {cfg.patch_size}")
+            cfg = cfg.replace(image_size=args.image_size)
+        return cfg
+    overrides = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+    try:
+        return get_preset(args.preset, **overrides)
+    except ValueError as e:  # the config's own checks, of values the user chose
+        raise UsageError(f"the model options do not fit together: {e}") from e
+
+
 def step_at_resolution(run: Run, step: HostStep, size: int) -> HostStep:
     """The same step, or (progressive resolution) one whose model takes `size`-pixel images:
-    pos_embed interpolated to the new grid, its AdamW moments started afresh, the rest kept."""
+    pos_embed interpolated to the new grid, its optimiser moments started afresh, the rest kept."""
     if step.model.cfg.image_size == size:
         return step
     cfg, params = params_at_resolution(step.host_params(), run.cfg, size)
     moments = step.optimizer_state()
-    for k in ("m/pos_embed", "v/pos_embed"):
+    for k in [k for k in moments if k.endswith("/pos_embed")]:  # AdamW's m and v, SGD's momentum
         moments[k] = np.zeros(params["pos_embed"].shape, np.float32)
     return build_step(run, cfg, params, moments)
 
@@ -576,7 +640,7 @@ def end_epoch(run: Run, step: HostStep, position: Position, stats: EpochStats, e
     checkpoint, print one line; returns the metrics."""
     args, ds, model = run.args, run.ds, step.model
     _, test_images = run.images_at(model.cfg.image_size)
-    test_loss, test_acc, _ = evaluate_arrays(model, test_images, ds.test_labels, ds.mean, ds.std)
+    test_loss, test_acc, _ = evaluate_arrays(model, test_images, ds.test_labels, run.mean, run.std)
     position.elapsed_s = time.perf_counter() - start_time
     train_loss, train_acc = stats.read()
     metrics = {"epoch": epoch + 1, "step": position.step, "image_size": model.cfg.image_size, "lr": stats.lr,
@@ -589,7 +653,8 @@ def end_epoch(run: Run, step: HostStep, position: Position, stats: EpochStats, e
     with open(run.out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(metrics) + "\n")
     meta = {**asdict(position), "options": _options(args), "seed": args.seed, "dtype": args.dtype,
-            "class_names": ds.class_names, "mean": ds.mean.tolist(), "std": ds.std.tolist(), "data": args.data}  # fmt: skip
+            "class_names": ds.class_names, "mean": run.mean.tolist(), "std": run.std.tolist(), "data": args.data,
+            "final_config": run.cfg.to_dict()}  # fmt: skip
     save_checkpoint(run.ckpt_path, params, model.cfg, meta, moments)
     trained = f"train loss {train_loss:.4f} acc {train_acc:.4f}" if stats.seen else "no steps"
     print(f"epoch {epoch + 1}: {trained} | test loss {test_loss:.4f} acc {test_acc:.4f} | "

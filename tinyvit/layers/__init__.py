@@ -14,6 +14,20 @@ from .embed import (
     embed_forward,
 )
 from .gelu import gelu_backward, gelu_forward, linear_gelu_backward, linear_gelu_forward
+from .gelu_tanh import (
+    gelu_tanh_backward,
+    gelu_tanh_forward,
+    linear_gelu_tanh_backward,
+    linear_gelu_tanh_forward,
+)
+from .head import (
+    pos_embed_backward,
+    pos_embed_forward,
+    tanh_backward,
+    tanh_forward,
+    token_mean_backward,
+    token_mean_forward,
+)
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
 from .loss import count_correct, cross_entropy_backward, cross_entropy_forward
@@ -31,15 +45,25 @@ __all__ = [
     "embed_forward",
     "gelu_backward",
     "gelu_forward",
+    "gelu_tanh_backward",
+    "gelu_tanh_forward",
     "layernorm_backward",
     "layernorm_forward",
     "linear_backward",
     "linear_forward",
     "linear_gelu_backward",
     "linear_gelu_forward",
+    "linear_gelu_tanh_backward",
+    "linear_gelu_tanh_forward",
     "patchify",
     "patchify_backward",
     "patchify_forward",
+    "pos_embed_backward",
+    "pos_embed_forward",
     "softmax",
+    "tanh_backward",
+    "tanh_forward",
+    "token_mean_backward",
+    "token_mean_forward",
     "unpatchify",
 ]
