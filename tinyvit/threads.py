@@ -24,6 +24,16 @@ job, takes a core from the pool that runs now. On 2 cores this made a step
   workqueue runs one parallel loop at a time: a program that calls numba kernels
   from several Python threads at once should choose another layer (omp or tbb).
 
+A third pool hides inside numba's loops: numba's `np.dot` calls SciPy's BLAS
+(pip's SciPy ships its own OpenBLAS, separate from NumPy's), and the attention
+kernels call it from inside `prange`, many small products at once. If that
+OpenBLAS uses more than one thread, each small product above its threshold
+(65x64x65 already is) wakes a sleeping helper thread, on cores that numba's
+threads already occupy: ViT-B/16's attention ran 20-40x slower so (docs/benchmarks.md). The
+parallelism there is numba's, so `set_threads` gives SciPy's own OpenBLAS one
+thread (`inner_blas_single_threaded`); a SciPy that shares NumPy's BLAS is left
+alone.
+
 Measured on 2 cores, cifar-small training step (docs/benchmarks.md, "idle
 threads that spin"; benchmarks/bench_cpu.py): 67 images/s with both pools
 spinning, 144 with the workqueue layer alone, 149 with the OpenBLAS timeout
@@ -69,11 +79,25 @@ def _reread_loaded_openblas() -> None:
             lib.blas_thread_shutdown_()  # ...and used when the pool is next started
 
 
+def inner_blas_single_threaded() -> None:
+    """SciPy's own BLAS (what numba's np.dot calls inside parallel loops) runs on one thread."""
+    import scipy
+    import scipy.linalg.cython_blas  # noqa: F401  (loads it, as numba's np.dot does)
+    from threadpoolctl import ThreadpoolController
+
+    scipy_dir = os.path.dirname(os.path.abspath(scipy.__file__))
+    own = (scipy_dir + os.sep, scipy_dir + ".libs" + os.sep)  # inside the SciPy package: not NumPy's
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.user_api == "blas" and os.path.abspath(lib.filepath).startswith(own):
+            lib.set_num_threads(1)
+
+
 _limiter = None  # kept alive: threadpoolctl's limit lasts as long as this object
 
 
 def set_threads(n: int | None = None) -> int:
-    """Use n threads (default: all cores) for BLAS and, if numba is loaded, for numba."""
+    """Use n threads (default: all cores) for BLAS and, if numba is loaded, for numba (SciPy's own
+    BLAS, which numba's loops call, keeps one: see above)."""
     global _limiter
     n = (os.cpu_count() or 1) if n is None else int(n)
     if n < 1:
@@ -84,4 +108,5 @@ def set_threads(n: int | None = None) -> int:
     numba = sys.modules.get("numba")  # a numpy-backend run need not load numba at all
     if numba is not None:
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        inner_blas_single_threaded()
     return n
