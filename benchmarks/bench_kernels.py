@@ -27,8 +27,6 @@ import argparse
 import time
 
 import numpy as np
-
-from tinyvit.config import get_preset
 from tinyvit.kernels import (
     numba_attention,
     numba_embed,
@@ -37,6 +35,8 @@ from tinyvit.kernels import (
     numba_linear,
     numba_loss,
 )
+
+from tinyvit.config import get_preset
 from tinyvit.threads import set_threads
 
 

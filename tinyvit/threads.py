@@ -82,7 +82,7 @@ def _reread_loaded_openblas() -> None:
 def inner_blas_single_threaded() -> None:
     """SciPy's own BLAS (what numba's np.dot calls inside parallel loops) runs on one thread."""
     import scipy
-    import scipy.linalg.cython_blas  # noqa: F401  (loads it, as numba's np.dot does)
+    import scipy.linalg.cython_blas
     from threadpoolctl import ThreadpoolController
 
     scipy_dir = os.path.dirname(os.path.abspath(scipy.__file__))
