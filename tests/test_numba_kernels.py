@@ -367,6 +367,9 @@ def test_kernels_use_the_specifications_caches_and_eps():
 
     x = np.ones((2, 3, 6))
     assert type(numba_linear.linear_forward(x, np.ones((6, 4)), np.zeros(4))[1]) is LinearCache
-    assert type(numba_attention.attention_forward(x, 2)[1]) is AttentionCache
+    # the attention variants that keep the probabilities keep them in the specification's record;
+    # 3_flash keeps log-sum-exps instead, a cache of its own (FlashAttentionCache)
+    for name in ("1_loops", "2_blas_heads"):
+        assert type(numba_attention.VARIANTS[name][0](x, 2)[1]) is AttentionCache, name
     assert type(numba_loss.cross_entropy_forward(np.zeros((2, 3)), np.array([0, 2]))[1]) is CrossEntropyCache
     assert numba_layernorm.layernorm_forward.__defaults__ == (EPS,)
