@@ -1,17 +1,19 @@
-"""CPU benchmark: the `numba` backend against the `numpy` backend and PyTorch eager, in one run.
+"""CPU benchmark: the `numba` backend against PyTorch eager on the targets of the CPU speed work.
 
-    .venv/bin/python benchmarks/bench_cpu.py                  # cifar-small, batch 128, 2 threads
-    .venv/bin/python benchmarks/bench_cpu.py --quick          # fewer repeats, smaller peak sgemm
-    .venv/bin/python benchmarks/bench_cpu.py --threads 2 --batch 128 --infer-batch 256
+    python benchmarks/bench_cpu.py                  # every target, 3 alternating rounds, 2 threads
+    python benchmarks/bench_cpu.py --quick          # 1 round, fewer repeats, a smaller peak sgemm
+    python benchmarks/bench_cpu.py --only cifar-small-train,vit-b16-infer --rounds 5
+    python benchmarks/bench_cpu.py --profile        # also the per-op profile of a step (numba and numpy)
 
-Prints
-- the machine's float32 matmul peak (a large sgemm) and the load average;
-- per op, the time it takes inside one training step on the numpy and the numba backend
-  (every Backend op wrapped with a timer: this is also the profile of a step);
-- training images/s (forward + backward + clipping + AdamW) for numba, numpy and PyTorch eager,
-  with the ratios; inference images/s;
-- achieved GFLOP/s of the training step (matrix-product FLOPs: 3x the forward's) against the peak;
-- peak resident memory of a training step, each framework in its own subprocess.
+Targets (each one a fresh process per framework that imports NumPy first, as users' programs do,
+the frameworks alternating round by round; the figure is the median over rounds of each process's
+median step time):
+    cifar-small-train     cifar-small, training step (forward, backward, clipping, AdamW), batch 128
+    cifar-small-infer     cifar-small, forward only, batch 256 (PyTorch with scaled_dot_product_attention)
+    vit-b16-infer         the paper's ViT-B/16 at 224 px, 1000 classes, forward only, batch 8
+    cifar-narrow-16/24/32 the recipe model at 16, 24 and 32 px, training step, batch 128
+Also printed: the machine's float32 sgemm peak, each training step's matrix-product GFLOP/s as a
+share of it, and the peak resident memory of a cifar-small training step per framework.
 PyTorch is optional (install torch==2.13.0 into .venv for the comparison); tinyvit never imports it.
 Numbers depend on what else runs: read them with the load average printed beside them.
 """
@@ -27,10 +29,7 @@ import sys
 import time
 from collections import defaultdict
 
-# isort: off
-import tinyvit  # noqa: F401  (first: it keeps OpenBLAS's idle threads from spinning, before NumPy loads it)
-import numpy as np
-# isort: on
+import numpy as np  # first, as users' programs do: tinyvit's thread set-up must hold anyway
 
 from tinyvit.backend import Backend, get_backend
 from tinyvit.config import get_preset
@@ -279,72 +278,121 @@ def peak_memory(framework: str, args) -> dict | None:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# -- one measurement per process ------------------------------------------------------------------
+
+TARGETS = {  # name -> (preset, image size or None for the preset's, task, batch)
+    "cifar-small-train": ("cifar-small", None, "train", 128),
+    "cifar-small-infer": ("cifar-small", None, "infer", 256),
+    "vit-b16-infer": ("vit-b16", None, "infer", 8),
+    "cifar-narrow-16": ("cifar-narrow", 16, "train", 128),
+    "cifar-narrow-24": ("cifar-narrow", 24, "train", 128),
+    "cifar-narrow-32": ("cifar-narrow", 32, "train", 128),
+}
+
+
+def target_cfg(name: str):
+    preset, size, _, _ = TARGETS[name]
+    cfg = get_preset(preset)
+    return cfg if size is None else cfg.replace(image_size=size)
+
+
+def measure_child(framework: str, target: str, repeats: int, threads: int) -> None:
+    """Run in a fresh process: print JSON with the median images/s of `target` on `framework`."""
+    _, _, task, batch = TARGETS[target]
+    cfg = target_cfg(target)
+    set_threads(threads)
+    if framework == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        rate = (torch_train if task == "train" else torch_infer)(cfg, batch, repeats)
+    else:
+        rate = (tinyvit_train if task == "train" else tinyvit_infer)(framework, cfg, batch, repeats)
+    print(json.dumps({"images_per_s": rate}))
+
+
+def measure(framework: str, target: str, repeats: int, threads: int) -> float | None:
+    cmd = [sys.executable, __file__, "--_child", framework, target, "--repeats", str(repeats),
+           "--threads", str(threads)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        print(f"  {framework} {target} failed: {out.stderr.strip()[-500:]}")
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
+
+
 # -- the report -------------------------------------------------------------------------------
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="cifar-small")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--infer-batch", type=int, default=256)
+    ap.add_argument("--only", default=",".join(TARGETS), help=f"comma-separated targets among {', '.join(TARGETS)}")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=None, help="timed training steps per framework (default 7, 3 quick)")
-    ap.add_argument("--quick", action="store_true", help="fewer repeats and a smaller peak sgemm")
+    ap.add_argument("--rounds", type=int, default=None, help="alternating rounds of processes (default 3, 1 quick)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed steps per process (default 7, 3 quick)")
+    ap.add_argument("--quick", action="store_true", help="1 round, 3 repeats and a smaller peak sgemm")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    ap.add_argument("--no-numpy", action="store_true", help="skip the (slow) numpy backend runs")
+    ap.add_argument("--profile", action="store_true", help="also the per-op profile of a cifar-small step (numba, numpy)")
+    ap.add_argument("--_child", nargs=2, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--preset", default="cifar-small", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=128, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    if args._child:
+        return measure_child(*args._child, repeats, args.threads)
     if args._memory:
         return memory_child(args._memory, args.preset, args.batch, args.threads)
+    targets = [t for t in args.only.split(",") if t]
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        ap.error(f"unknown targets {unknown}; expected some of {list(TARGETS)}")
+    rounds = args.rounds or (1 if args.quick else 3)
+    frameworks = ["numba", "torch"] if have_torch() and not args.no_torch else ["numba"]
 
-    cfg = get_preset(args.preset)
-    repeats = args.repeats or (3 if args.quick else 7)
     set_threads(args.threads)
-    torch_ok = have_torch() and not args.no_torch
-    if torch_ok:
-        import torch
-
-        torch.set_num_threads(args.threads)
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; threads {args.threads}; load average {loadavg()}")
-    print(f"model: {args.preset} {cfg}; batch {args.batch}, inference batch {args.infer_batch}")
-    if not torch_ok:
+    print(f"numpy {np.__version__}; frameworks {frameworks}; {rounds} rounds x {repeats} timed steps per process")
+    if "torch" not in frameworks:
         print("PyTorch: not installed (or --no-torch); comparisons with it are skipped")
-    else:
-        print(f"PyTorch {torch.__version__}, eager, {torch.get_num_threads()} threads")
-
     peak = sgemm_peak(2048 if args.quick else 4096)
-    print(f"\nfloat32 matmul peak (sgemm): {peak:.0f} GFLOP/s")
+    print(f"float32 matmul peak (sgemm, NumPy's BLAS): {peak:.0f} GFLOP/s")
 
-    print("\nper op, seconds per training step (all calls of the op in one step)")
-    prof_nb = op_profile("numba", cfg, args.batch, repeats)
-    prof_np = op_profile("numpy", cfg, args.batch, 1) if not args.no_numpy else {}
-    print(f"  {'op':24s} {'numpy':>9s} {'numba':>9s} {'speed-up':>9s}")
-    for op in sorted(prof_nb, key=lambda k: -prof_nb[k]):
-        a, b = prof_np.get(op, float("nan")), prof_nb[op]
-        print(f"  {op:24s} {a:9.4f} {b:9.4f} {a / b if b else float('nan'):8.1f}x")
+    if args.profile:
+        cfg = get_preset("cifar-small")
+        print("\nper op, seconds per cifar-small training step, batch 128 (all calls of the op in one step)")
+        prof_nb = op_profile("numba", cfg, 128, repeats)
+        prof_np = op_profile("numpy", cfg, 128, 1)
+        print(f"  {'op':24s} {'numpy':>9s} {'numba':>9s} {'speed-up':>9s}")
+        for op in sorted(prof_nb, key=lambda k: -prof_nb[k]):
+            a, b = prof_np.get(op, float("nan")), prof_nb[op]
+            print(f"  {op:24s} {a:9.4f} {b:9.4f} {a / b if b else float('nan'):8.1f}x")
 
-    print("\ntraining step (forward + backward + clip + AdamW), float32")
-    nb_train = tinyvit_train("numba", cfg, args.batch, repeats)
-    flops = step_flops(cfg, args.batch)
-    gflops = flops * nb_train / args.batch / 1e9
-    print(f"  numba   {nb_train:8.1f} images/s   {gflops:6.0f} GFLOP/s = {100 * gflops / peak:.0f}% of the sgemm peak")
-    if not args.no_numpy:
-        np_train = tinyvit_train("numpy", cfg, args.batch, 1)
-        print(f"  numpy   {np_train:8.1f} images/s   numba / numpy = {nb_train / np_train:.2f}x")
-    if torch_ok:
-        th_train = torch_train(cfg, args.batch, repeats)
-        th_gflops = flops * th_train / args.batch / 1e9
-        print(f"  torch   {th_train:8.1f} images/s   {th_gflops:6.0f} GFLOP/s;  numba / torch = {nb_train / th_train:.2f}x")
+    rates: dict = defaultdict(list)
+    for r in range(rounds):
+        for target in targets:
+            for fw in frameworks if r % 2 == 0 else frameworks[::-1]:
+                rate = measure(fw, target, repeats, args.threads)
+                if rate is not None:
+                    rates[fw, target].append(rate)
 
-    print(f"\ninference (forward only), batch {args.infer_batch}")
-    nb_inf = tinyvit_infer("numba", cfg, args.infer_batch, repeats)
-    print(f"  numba   {nb_inf:8.1f} images/s")
-    if torch_ok:
-        th_inf = torch_infer(cfg, args.infer_batch, repeats)
-        print(f"  torch   {th_inf:8.1f} images/s   numba / torch = {nb_inf / th_inf:.2f}x")
+    print(f"\nimages/s, median over rounds (min-max); load average now {loadavg()}")
+    print(f"  {'target':20s} {'numba':>20s} {'torch':>20s} {'numba/torch':>11s} {'step % of peak':>15s}")
+    for target in targets:
+        cells, med = [], {}
+        for fw in ("numba", "torch"):
+            got = rates.get((fw, target), [])
+            med[fw] = float(np.median(got)) if got else float("nan")
+            cells.append(f"{med[fw]:8.1f} ({min(got):.0f}-{max(got):.0f})" if got else "-")
+        share = ""
+        if TARGETS[target][2] == "train":
+            gflops = step_flops(target_cfg(target), TARGETS[target][3]) / TARGETS[target][3] * med["numba"] / 1e9
+            share = f"{100 * gflops / peak:5.0f}% ({gflops:.0f} GF/s)"
+        print(f"  {target:20s} {cells[0]:>20s} {cells[1]:>20s} {med['numba'] / med['torch']:10.2f}x {share:>15s}")
 
-    print("\npeak resident memory of a training step (each in its own process)")
-    for fw in ("numba", "torch") if torch_ok else ("numba",):
+    print("\npeak resident memory of a cifar-small training step, batch 128 (each in its own process)")
+    args.preset, args.batch = "cifar-small", 128
+    for fw in frameworks:
         m = peak_memory(fw, args)
         if m:
             print(f"  {fw:7s} peak {m['peak_mib']:7.0f} MiB, before the step {m['before_mib']:6.0f} MiB, "

@@ -1,34 +1,51 @@
 """Numba CPU kernels for multi-head self-attention (the specification is tinyvit.layers.attention).
 
-Each (batch, head) pair is independent, so the work runs in parallel over the
-B*H pairs. One pair copies its q, k, v columns out of the (B, N, 3D) qkv rows
-into small contiguous (N, Dh) blocks that stay in cache, multiplies them with
-BLAS (`np.dot` on 2-D arrays inside njit), and does the scale and softmax in
-one pass over the (N, N) scores while they are hot.
+For each (batch, head) pair, with q, k, v the head's (N, Dh) columns of the
+(B, N, 3D) qkv rows and scale = 1 / sqrt(Dh):
+    probs = softmax(q k^T scale) over the keys,   out = probs v   (written into the head's columns)
+and backward, through the softmax Jacobian:
+    dprobs = dout v^T,  dv = probs^T dout,  dscores = probs (dprobs - sum_j dprobs probs),
+    dq = dscores k scale,  dk = dscores^T q scale.
+The pairs are independent, so every fast variant runs them in parallel.
 
-Variants, plain to fast:
-1. `attention_heads_forward`   scores = q k^T, then scale, row max, exp and normalisation fused
-                               in sweeps over the cached (N, N) block, the exps in one vectorised
-                               `exp_inplace` call (math.exp per element made the softmax cost
-                               three times the two products); out = probs v written straight
-                               into the head's columns of (B, N, D): no (B, H, N, Dh) transpose.
-2. `attention_heads_backward`  the same per-pair blocking for the chain rule: dprobs = dout v^T,
-                               dv = probs^T dout, the softmax Jacobian row by row with the scale
-                               folded into dscores, dq = dscores k and dk = dscores^T q, written
-                               into the q, k, v thirds of dqkv (B, N, 3D).
-The probabilities are kept (B, H, N, N) because the lessons draw them and
-backward needs them; recomputing them would trade memory for a second exp pass.
+Variants, plain to fast (VARIANTS: name -> (forward, backward), the last is the default):
+1_loops         the formulas one query row at a time with scalar loops: the row of scores,
+                its max, math.exp per element, the normalisation, then out = probs v. Keeps
+                probs (B, H, N, N) for backward, which loops the same way.
+2_blas_heads    one (batch, head) pair per task (`prange` over B*H): the pair's q, k, v copied
+                out of the qkv rows into small contiguous (N, Dh) blocks that stay in cache,
+                the two products by BLAS (`np.dot` inside njit), and scale, max, exp and
+                normalisation fused in sweeps over the (N, N) scores while they are hot, the
+                exps in one vectorised call (`exp_inplace`, kernels/numba_exp.py: math.exp per
+                element made the softmax cost three times the two products). Keeps probs
+                (B, H, N, N) for backward.
+3_flash         fused attention with an online softmax: each block of queries meets the keys
+                a block at a time, keeping per query row the running max m, the running sum
+                l of exp(score - m) and the unnormalised output; when a later key block raises
+                the max, what was summed so far is rescaled by exp(m_old - m_new). No
+                (N, N) array and no (B, H, N, N) array: the cache keeps the output and
+                lse = m + log l (B, H, N), from which backward recomputes each block of
+                probabilities, exp(score - lse), as it needs it (one more q k^T product per
+                block, measured against keeping probs in docs/benchmarks.md). The attention
+                maps (`cache.probs`) are recomputed from lse only when asked for.
+                Exps in float32 arithmetic for float32 inputs (`exp32_inplace`).
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
 from tinyvit.layers.attention import AttentionCache
+from tinyvit.threads import inner_blas_single_threaded
 
-from .numba_exp import exp_inplace
+from .numba_exp import exp32_inplace, exp_inplace
 from .numba_linear import FASTMATH
+
+inner_blas_single_threaded()  # np.dot inside prange: the parallelism is numba's (tinyvit/threads.py)
+
+BLOCK = 128  # rows of queries and of keys per block in 3_flash (N = 65 at 32 px is one block, 197 at 224 px two)
 
 
 @njit(fastmath=FASTMATH, cache=True, inline="always")
@@ -39,6 +56,90 @@ def _head_block(qkv, b, col, N, Dh):
         for d in range(Dh):
             blk[i, d] = qkv[b, i, col + d]
     return blk
+
+
+# -- 1_loops --------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def attention_loops_forward(qkv, heads, out, probs):
+    """qkv (B, N, 3D) -> out (B, N, D) and probs (B, H, N, N), both written; one query row at a time."""
+    B, N, three_d = qkv.shape
+    D = three_d // 3
+    Dh = D // heads
+    scale = 1.0 / math.sqrt(Dh)
+    for b in range(B):
+        for h in range(heads):
+            q0, k0, v0 = h * Dh, D + h * Dh, 2 * D + h * Dh  # the head's first column in each third
+            for i in range(N):
+                m = -np.inf
+                for j in range(N):
+                    s = 0.0
+                    for d in range(Dh):
+                        s += qkv[b, i, q0 + d] * qkv[b, j, k0 + d]
+                    probs[b, h, i, j] = s * scale
+                    m = max(m, probs[b, h, i, j])
+                total = 0.0
+                for j in range(N):
+                    e = math.exp(probs[b, h, i, j] - m)  # the row max subtracted: no overflow
+                    probs[b, h, i, j] = e
+                    total += e
+                for j in range(N):
+                    probs[b, h, i, j] /= total
+                for d in range(Dh):
+                    acc = 0.0
+                    for j in range(N):
+                        acc += probs[b, h, i, j] * qkv[b, j, v0 + d]
+                    out[b, i, h * Dh + d] = acc
+
+
+@njit(cache=True)
+def attention_loops_backward(dout, qkv, probs, dqkv):
+    """dout (B, N, D), the forward's qkv and probs -> dqkv (B, N, 3D), accumulated into zeros."""
+    B, heads, N, _ = probs.shape
+    D = dout.shape[2]
+    Dh = D // heads
+    scale = 1.0 / math.sqrt(Dh)
+    dprobs = np.empty(N, dtype=np.float64)
+    for b in range(B):
+        for h in range(heads):
+            q0, k0, v0 = h * Dh, D + h * Dh, 2 * D + h * Dh
+            for i in range(N):
+                t = 0.0  # sum_j dprobs_ij probs_ij
+                for j in range(N):
+                    s = 0.0
+                    for d in range(Dh):
+                        s += dout[b, i, h * Dh + d] * qkv[b, j, v0 + d]
+                    dprobs[j] = s
+                    t += s * probs[b, h, i, j]
+                for j in range(N):
+                    p = probs[b, h, i, j]
+                    ds = p * (dprobs[j] - t) * scale  # softmax Jacobian, times the scale of the scores
+                    for d in range(Dh):
+                        dqkv[b, i, q0 + d] += ds * qkv[b, j, k0 + d]
+                        dqkv[b, j, k0 + d] += ds * qkv[b, i, q0 + d]
+                        dqkv[b, j, v0 + d] += p * dout[b, i, h * Dh + d]
+
+
+def attention_forward_loops(qkv, heads):
+    """qkv (B, N, 3D) -> out (B, N, D). cache.probs is (B, H, N, N)."""
+    qkv = np.ascontiguousarray(qkv)
+    B, N, three_d = qkv.shape
+    out = np.empty((B, N, three_d // 3), dtype=qkv.dtype)
+    probs = np.empty((B, heads, N, N), dtype=qkv.dtype)
+    attention_loops_forward(qkv, heads, out, probs)
+    return out, AttentionCache(qkv, probs, heads)
+
+
+def attention_backward_loops(dout, cache):
+    """dout (B, N, D) -> dqkv (B, N, 3D)."""
+    qkv, probs, _ = cache
+    dqkv = np.zeros_like(qkv)
+    attention_loops_backward(np.ascontiguousarray(dout), qkv, probs, dqkv)
+    return dqkv
+
+
+# -- 2_blas_heads ---------------------------------------------------------------------------------
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -108,7 +209,7 @@ def attention_heads_backward(dout, qkv, probs, dqkv):
                 dqkv[b, i, 2 * D + h * Dh + d] = dv[i, d]
 
 
-def attention_forward(qkv, heads):
+def attention_forward_heads(qkv, heads):
     """qkv (B, N, 3D) -> out (B, N, D). cache.probs is (B, H, N, N)."""
     qkv = np.ascontiguousarray(qkv)
     B, N, three_d = qkv.shape
@@ -118,9 +219,192 @@ def attention_forward(qkv, heads):
     return out, AttentionCache(qkv, probs, heads)
 
 
-def attention_backward(dout, cache):
+def attention_backward_heads(dout, cache):
     """dout (B, N, D) -> dqkv (B, N, 3D)."""
     qkv, probs, _ = cache
     dqkv = np.empty_like(qkv)
     attention_heads_backward(np.ascontiguousarray(dout), qkv, probs, dqkv)
     return dqkv
+
+
+# -- 3_flash --------------------------------------------------------------------------------------
+
+
+@njit(fastmath=FASTMATH, cache=True, inline="always")
+def _blocks(N, block):
+    """The number of blocks and their size: N split evenly into blocks of at most `block` rows."""
+    count = (N + block - 1) // block
+    return count, (N + count - 1) // count
+
+
+@njit(fastmath=FASTMATH, cache=True, inline="always")
+def _scaled_q(qkv, b, h, N, Dh, scale):
+    """The head's queries times the scale, (N, Dh): q k^T is then the scaled scores."""
+    q = _head_block(qkv, b, h * Dh, N, Dh)
+    for i in range(N):
+        for d in range(Dh):
+            q[i, d] *= scale
+    return q
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def flash_forward(qkv, heads, block, exp_fn, bits, out, lse):
+    """qkv (B, N, 3D) -> out (B, N, D) and lse (B, H, N) float64, written. exp_fn(x, scratch) takes
+    exps in place; `bits` is an empty array of its scratch dtype (int64 for float64, int32 for float32)."""
+    B, N, three_d = qkv.shape
+    D = three_d // 3
+    Dh = D // heads
+    scale = 1.0 / math.sqrt(Dh)
+    count, size = _blocks(N, block)
+    for bh in prange(B * heads):
+        b, h = bh // heads, bh % heads
+        q = _scaled_q(qkv, b, h, N, Dh, scale)
+        k = _head_block(qkv, b, D + h * Dh, N, Dh)
+        v = _head_block(qkv, b, 2 * D + h * Dh, N, Dh)
+        for qb in range(count):
+            i0, i1 = qb * size, min(N, (qb + 1) * size)
+            m = np.full(i1 - i0, -np.inf)  # running max of each query row's scores
+            l = np.zeros(i1 - i0)  # running sum of exp(score - m)
+            acc = np.zeros((i1 - i0, Dh), dtype=qkv.dtype)  # running sum of exp(score - m) v
+            for kb in range(count):
+                j0, j1 = kb * size, min(N, (kb + 1) * size)
+                s = np.dot(q[i0:i1], k[j0:j1].T)  # (queries, keys) scaled scores
+                for i in range(i1 - i0):
+                    m_new = m[i]
+                    for j in range(j1 - j0):
+                        m_new = max(m_new, s[i, j])
+                    rescale = math.exp(m[i] - m_new)  # what was summed under the old max, 0 at first
+                    for j in range(j1 - j0):
+                        s[i, j] -= m_new
+                    m[i] = m_new
+                    l[i] *= rescale
+                    for d in range(Dh):
+                        acc[i, d] *= rescale
+                p = s.reshape(-1)
+                exp_fn(p, np.empty(p.size, dtype=bits.dtype))  # s now holds exp(score - m)
+                for i in range(i1 - i0):
+                    for j in range(j1 - j0):
+                        l[i] += s[i, j]
+                acc += np.dot(s, v[j0:j1])
+            for i in range(i1 - i0):
+                inv = 1.0 / l[i]
+                for d in range(Dh):
+                    out[b, i0 + i, h * Dh + d] = acc[i, d] * inv
+                lse[b, h, i0 + i] = m[i] + math.log(l[i])
+
+
+@njit(fastmath=FASTMATH, cache=True, inline="always")
+def _probs_block(q, k, lse_row, i0, i1, j0, j1, exp_fn, bits):
+    """probs[i0:i1, j0:j1] = exp(q k^T - lse), recomputed from the forward's log-sum-exp."""
+    s = np.dot(q[i0:i1], k[j0:j1].T)
+    for i in range(i1 - i0):
+        for j in range(j1 - j0):
+            s[i, j] -= lse_row[i0 + i]
+    p = s.reshape(-1)
+    exp_fn(p, np.empty(p.size, dtype=bits.dtype))
+    return s
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def flash_backward(dout, qkv, out, lse, block, exp_fn, bits, dqkv):
+    """dout (B, N, D), the forward's qkv, out and lse -> dqkv (B, N, 3D), written."""
+    B, heads, N = lse.shape
+    D = dout.shape[2]
+    Dh = D // heads
+    scale = 1.0 / math.sqrt(Dh)
+    count, size = _blocks(N, block)
+    for bh in prange(B * heads):
+        b, h = bh // heads, bh % heads
+        q = _scaled_q(qkv, b, h, N, Dh, scale)
+        k = _head_block(qkv, b, D + h * Dh, N, Dh)
+        v = _head_block(qkv, b, 2 * D + h * Dh, N, Dh)
+        do = _head_block(dout, b, h * Dh, N, Dh)
+        o = _head_block(out, b, h * Dh, N, Dh)
+        delta = np.zeros(N)  # sum_j dprobs_ij probs_ij = dout_i . out_i: the Jacobian's row term
+        for i in range(N):
+            for d in range(Dh):
+                delta[i] += do[i, d] * o[i, d]
+        dq = np.zeros((N, Dh), dtype=qkv.dtype)
+        dk = np.zeros((N, Dh), dtype=qkv.dtype)
+        dv = np.zeros((N, Dh), dtype=qkv.dtype)
+        for qb in range(count):
+            i0, i1 = qb * size, min(N, (qb + 1) * size)
+            for kb in range(count):
+                j0, j1 = kb * size, min(N, (kb + 1) * size)
+                p = _probs_block(q, k, lse[b, h], i0, i1, j0, j1, exp_fn, bits)  # (queries, keys)
+                dv[j0:j1] += np.dot(p.T, do[i0:i1])
+                ds = np.dot(do[i0:i1], v[j0:j1].T)  # dprobs, then dscores in place
+                for i in range(i1 - i0):
+                    for j in range(j1 - j0):
+                        ds[i, j] = p[i, j] * (ds[i, j] - delta[i0 + i])
+                dq[i0:i1] += np.dot(ds, k[j0:j1])  # times the scale below
+                dk[j0:j1] += np.dot(ds.T, q[i0:i1])  # q is already scaled
+        for i in range(N):
+            for d in range(Dh):
+                dqkv[b, i, h * Dh + d] = dq[i, d] * scale
+                dqkv[b, i, D + h * Dh + d] = dk[i, d]
+                dqkv[b, i, 2 * D + h * Dh + d] = dv[i, d]
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def flash_probs(qkv, lse, exp_fn, bits, probs):
+    """The attention maps (B, H, N, N) recomputed from qkv and the forward's lse, written."""
+    B, heads, N = lse.shape
+    Dh = qkv.shape[2] // (3 * heads)
+    scale = 1.0 / math.sqrt(Dh)
+    for bh in prange(B * heads):
+        b, h = bh // heads, bh % heads
+        q = _scaled_q(qkv, b, h, N, Dh, scale)
+        k = _head_block(qkv, b, heads * Dh + h * Dh, N, Dh)
+        probs[b, h] = _probs_block(q, k, lse[b, h], 0, N, 0, N, exp_fn, bits)
+
+
+def _exp_for(dtype):
+    """The in-place exp for arrays of `dtype` and an empty array of its scratch dtype."""
+    if dtype == np.float32:
+        return exp32_inplace, np.empty(0, dtype=np.int32)
+    return exp_inplace, np.empty(0, dtype=np.int64)
+
+
+class FlashAttentionCache(NamedTuple):
+    qkv: np.ndarray  # (B, N, 3D)
+    out: np.ndarray  # (B, N, D), the forward's output (the proj layer keeps it too)
+    lse: np.ndarray  # (B, H, N) float64, log sum_j exp(score_ij) per query row
+    heads: int
+    block: int
+
+    @property
+    def probs(self):
+        """The attention probabilities (B, H, N, N), recomputed (what the lessons draw)."""
+        B, H, N = self.lse.shape
+        probs = np.empty((B, H, N, N), dtype=self.qkv.dtype)
+        flash_probs(self.qkv, self.lse, *_exp_for(self.qkv.dtype), probs)
+        return probs
+
+
+def attention_forward(qkv, heads, block=BLOCK):
+    """qkv (B, N, 3D) -> out (B, N, D); no (B, H, N, N) array (cache.probs recomputes it when asked)."""
+    qkv = np.ascontiguousarray(qkv)
+    B, N, three_d = qkv.shape
+    if block < 1:
+        raise ValueError(f"block must be at least 1, got {block}")
+    out = np.empty((B, N, three_d // 3), dtype=qkv.dtype)
+    lse = np.empty((B, heads, N), dtype=np.float64)
+    flash_forward(qkv, heads, block, *_exp_for(qkv.dtype), out, lse)
+    return out, FlashAttentionCache(qkv, out, lse, heads, block)
+
+
+def attention_backward(dout, cache):
+    """dout (B, N, D) -> dqkv (B, N, 3D), each block of probabilities recomputed from lse."""
+    qkv, out, lse, _, block = cache
+    dqkv = np.empty_like(qkv)
+    dout = np.ascontiguousarray(dout, dtype=qkv.dtype)
+    flash_backward(dout, qkv, out, lse, block, *_exp_for(qkv.dtype), dqkv)
+    return dqkv
+
+
+VARIANTS = {
+    "1_loops": (attention_forward_loops, attention_backward_loops),
+    "2_blas_heads": (attention_forward_heads, attention_backward_heads),
+    "3_flash": (attention_forward, attention_backward),
+}

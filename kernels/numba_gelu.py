@@ -2,27 +2,30 @@
 
 gelu(z) = 0.5 z (1 + erf(z / sqrt 2)),  gelu'(z) = Phi(z) + z phi(z).
 
-The product x @ W goes to BLAS; the bias add and GELU are one fused pass over
-its output, and in backward gelu' and the bias gradient are one fused pass.
+In every variant the product x @ W goes to BLAS (numba_linear's ladder shows
+that step); what changes is the pass over its (R, M) output: the bias add and
+GELU in forward, gelu' and the bias gradient in backward.
 
-Variants, plain to fast:
-1. `math.erfc`          used for float64, Phi(z) = erfc(-z / sqrt 2) / 2 as in the reference
-                        (no cancellation in the negative tail): exact, so the float64 backend agrees with the NumPy
-                        reference to 1e-10. In a `prange` loop it is a scalar libm call per
-                        element (~0.2 G elements/s on 2 cores): too slow for float32 training.
-2. `erf_rational32`     used for float32: a branch-free odd rational approximation on the input
-                        clamped to [-4, 4] (erf(4) = 1 - 1.5e-8, already 1 in float32), the
-                        coefficients of Eigen's float erf (within 6.5e-8 of erf in exact
-                        arithmetic). Only multiplies, adds and one divide, all in float32 (every
-                        constant is a float32, or numba would widen the sums to float64), so LLVM
-                        vectorises it 16 lanes wide (AVX-512). With float32 rounding at each step,
-                        gelu and gelu' stay within 1e-6 (1 + |z|) of the exact values; the tests
-                        hold them to that bound.
-3. `bias_gelu_forward` / `bias_gelu_backward` (float64, exact erf) and their float32 twins
-   `bias_gelu_forward32` / `bias_gelu_backward32`: the fused passes over the (R, M) activations.
-   The backward's Gaussian density takes its exp from one vectorised sweep per row
-   (`exp_inplace` / `exp32_inplace`, kernels/numba_exp.py) instead of a scalar libm call
-   per element.
+Variants, plain to fast (VARIANTS: name -> (forward, backward), the last is the default):
+1_erf_loops     the formula as written, one element after another: z = h + b, then
+                0.5 z (1 + math.erf(z / sqrt 2)), and in backward math.erf and math.exp per
+                element, in float64. Each is a scalar libm call (~0.2 G elements/s per core),
+                and 1 + erf cancels in the far negative tail (relative accuracy is lost there;
+                the absolute error stays ~1e-16).
+2_erfc_rows     rows in parallel, the bias add fused into the GELU pass (in place in the fresh
+                product, which becomes the cache z), Phi(z) = erfc(-z / sqrt 2) / 2 as in the
+                reference (no cancellation), and the backward's Gaussian density from one
+                vectorised exp sweep per row (`exp_inplace`, kernels/numba_exp.py) instead of a
+                libm call per element; gelu' and dbias in the same pass. Exact in float64: it
+                agrees with the reference to 1e-10. Still a scalar erfc call per element.
+3_rational32    for float32, GELU in float32 arithmetic: erf as a branch-free odd rational
+                function (`erf_rational32`) on the input clamped to [-4, 4] (erf(4) = 1 - 1.5e-8,
+                already 1 in float32), with the coefficients of Eigen's float erf (within 6.5e-8
+                of erf in exact arithmetic), and exp from `exp32_inplace`. Only multiplies, adds
+                and one divide, every constant a float32 (a Python float would widen the sums to
+                float64), so LLVM vectorises it 16 lanes wide (AVX-512). With float32 rounding at
+                each step, gelu and gelu' stay within 1e-6 (1 + |z|) of the exact values; the
+                tests hold them to that bound. float64 arrays take 2_erfc_rows's exact kernels.
 """
 
 import math
@@ -50,10 +53,80 @@ _FOUR_32, _HALF_32, _ONE_32 = np.float32(4.0), np.float32(0.5), np.float32(1.0)
 _INV_SQRT2_32, _INV_SQRT_2PI_32 = np.float32(_INV_SQRT2), np.float32(_INV_SQRT_2PI)
 
 
+# -- 1_erf_loops ----------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def bias_gelu_forward_loops(h, bias, out):
+    """h (R, M) += bias in place (h becomes the cache, z); out = gelu(z), one element after another."""
+    R, M = h.shape
+    for r in range(R):
+        for j in range(M):
+            z = np.float64(h[r, j] + bias[j])
+            h[r, j] = z
+            out[r, j] = 0.5 * z * (1.0 + math.erf(z * _INV_SQRT2))
+
+
+@njit(cache=True)
+def bias_gelu_backward_loops(dout, z, dz):
+    """dz = dout * gelu'(z), (R, M); returns dbias (M,), the column sums of dz."""
+    R, M = z.shape
+    dbias = np.zeros((1, M), dtype=np.float64)
+    for r in range(R):
+        for j in range(M):
+            x = np.float64(z[r, j])
+            cdf = 0.5 * (1.0 + math.erf(x * _INV_SQRT2))  # Phi(x)
+            pdf = _INV_SQRT_2PI * math.exp(-0.5 * x * x)  # phi(x)
+            g = dout[r, j] * (cdf + x * pdf)
+            dz[r, j] = g
+            dbias[0, j] += g
+    return sum_partials(dbias, z.dtype)
+
+
+# -- 2_erfc_rows (and 3_rational32 on float64) -----------------------------------------------------
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def bias_gelu_forward(h, bias, out):
+    """float64: h (R, M) += bias in place (h becomes the cache, the pre-activation z); out = gelu(z)."""
+    R, M = h.shape
+    for r in prange(R):
+        for j in range(M):
+            z = np.float64(h[r, j] + bias[j])
+            h[r, j] = z
+            out[r, j] = z * (0.5 * math.erfc(-z * _INV_SQRT2))  # erfc: no cancellation for z << 0
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def bias_gelu_backward(dout, z, dz):
+    """float64: dz = dout * gelu'(z), (R, M); returns dbias (M,) = sum over rows of dz, from the same pass."""
+    R, M = z.shape
+    chunks = (R + CHUNK_ROWS - 1) // CHUNK_ROWS
+    partial = np.zeros((chunks, M), dtype=np.float64)
+    for c in prange(chunks):
+        gauss = np.empty(M, dtype=np.float64)  # exp(-z^2 / 2) of one row
+        bits = np.empty(M, dtype=np.int64)
+        for r in range(c * CHUNK_ROWS, min(R, (c + 1) * CHUNK_ROWS)):
+            for j in range(M):
+                x = np.float64(z[r, j])
+                gauss[j] = -0.5 * x * x
+            exp_inplace(gauss, bits)
+            for j in range(M):
+                x = np.float64(z[r, j])
+                cdf = 0.5 * math.erfc(-x * _INV_SQRT2)
+                pdf = _INV_SQRT_2PI * gauss[j]
+                g = dout[r, j] * (cdf + x * pdf)
+                dz[r, j] = g
+                partial[c, j] += dz[r, j]
+    return sum_partials(partial, z.dtype)
+
+
+# -- 3_rational32 (float32) -----------------------------------------------------------------------
+
+
 @njit(fastmath=FASTMATH, cache=True, inline="always")
 def erf_rational32(x):
-    """erf(x) ~= x P(x^2) / Q(x^2) on x clamped to [-4, 4] (the _P, _Q above), in float32
-    arithmetic for a float32 x."""
+    """erf(x) ~= x P(x^2) / Q(x^2), x clamped to [-4, 4], in float32 arithmetic, for a float32 x."""
     x = min(max(x, -_FOUR_32), _FOUR_32)
     x2 = x * x
     p = _P32[6]
@@ -105,66 +178,64 @@ def bias_gelu_backward32(dout, z, dz):
     return sum_partials(partial, z.dtype)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def bias_gelu_forward(h, bias, out):
-    """float64: h (R, M) += bias in place (h becomes the cache, the pre-activation z); out = gelu(z)."""
-    R, M = h.shape
-    for r in prange(R):
-        for j in range(M):
-            z = np.float64(h[r, j] + bias[j])
-            h[r, j] = z
-            out[r, j] = z * (0.5 * math.erfc(-z * _INV_SQRT2))  # erfc: no cancellation for z << 0
-
-
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def bias_gelu_backward(dout, z, dz):
-    """float64: dz = dout * gelu'(z), (R, M); returns dbias (M,) = sum over rows of dz, from the same pass."""
-    R, M = z.shape
-    chunks = (R + CHUNK_ROWS - 1) // CHUNK_ROWS
-    partial = np.zeros((chunks, M), dtype=np.float64)
-    for c in prange(chunks):
-        gauss = np.empty(M, dtype=np.float64)  # exp(-z^2 / 2) of one row
-        bits = np.empty(M, dtype=np.int64)
-        for r in range(c * CHUNK_ROWS, min(R, (c + 1) * CHUNK_ROWS)):
-            for j in range(M):
-                x = np.float64(z[r, j])
-                gauss[j] = -0.5 * x * x
-            exp_inplace(gauss, bits)
-            for j in range(M):
-                x = np.float64(z[r, j])
-                cdf = 0.5 * math.erfc(-x * _INV_SQRT2)
-                pdf = _INV_SQRT_2PI * gauss[j]
-                g = dout[r, j] * (cdf + x * pdf)
-                dz[r, j] = g
-                partial[c, j] += dz[r, j]
-    return sum_partials(partial, z.dtype)
-
-
 class LinearGeluCache(NamedTuple):
     x: np.ndarray  # (..., in)
     weight: np.ndarray  # (in, M)
     z: np.ndarray  # (R, M) the pre-activation x @ W + b
 
 
-def linear_gelu_forward(x, weight, bias):
-    """gelu(x @ W + b): (..., in) -> (..., M)."""
+def _forward(kernel, x, weight, bias, kernel32=None):
     h = rows(x) @ weight  # (R, M), fresh from BLAS; becomes z in place
     out = np.empty_like(h)
-    if h.dtype == np.float32:
-        bias_gelu_forward32(h, bias.astype(np.float32, copy=False), out)
-    else:
-        bias_gelu_forward(h, bias, out)
+    if kernel32 is not None and h.dtype == np.float32:
+        kernel = kernel32
+    kernel(h, bias.astype(h.dtype, copy=False), out)
     return out.reshape(*x.shape[:-1], weight.shape[1]), LinearGeluCache(x, weight, h)
+
+
+def _backward(kernel, dout, cache, kernel32=None):
+    x, weight, z = cache
+    dz = np.empty_like(z)
+    if kernel32 is not None and z.dtype == np.float32:
+        kernel = kernel32
+    dbias = kernel(np.ascontiguousarray(rows(dout), z.dtype), z, dz)
+    dx = dz @ weight.T  # (R, in)
+    dweight = rows(x).T @ dz  # (in, M)
+    return dx.reshape(x.shape), dweight, dbias
+
+
+def linear_gelu_forward_loops(x, weight, bias):
+    """gelu(x @ W + b): (..., in) -> (..., M), GELU with math.erf per element."""
+    return _forward(bias_gelu_forward_loops, x, weight, bias)
+
+
+def linear_gelu_backward_loops(dout, cache):
+    """dout (..., M) -> dx (..., in), dweight (in, M), dbias (M,), gelu' with math.erf and math.exp."""
+    return _backward(bias_gelu_backward_loops, dout, cache)
+
+
+def linear_gelu_forward_erfc(x, weight, bias):
+    """gelu(x @ W + b): (..., in) -> (..., M), rows in parallel, exact erfc in float64."""
+    return _forward(bias_gelu_forward, x, weight, bias)
+
+
+def linear_gelu_backward_erfc(dout, cache):
+    """dout (..., M) -> dx (..., in), dweight (in, M), dbias (M,), rows in parallel."""
+    return _backward(bias_gelu_backward, dout, cache)
+
+
+def linear_gelu_forward(x, weight, bias):
+    """gelu(x @ W + b): (..., in) -> (..., M); float32 in float32 arithmetic, float64 exact."""
+    return _forward(bias_gelu_forward, x, weight, bias, kernel32=bias_gelu_forward32)
 
 
 def linear_gelu_backward(dout, cache):
     """dout (..., M) -> dx (..., in), dweight (in, M), dbias (M,)."""
-    x, weight, z = cache
-    dz = np.empty_like(z)
-    if z.dtype == np.float32:
-        dbias = bias_gelu_backward32(np.ascontiguousarray(rows(dout), np.float32), z, dz)
-    else:
-        dbias = bias_gelu_backward(rows(dout), z, dz)
-    dx = dz @ weight.T  # (R, in)
-    dweight = rows(x).T @ dz  # (in, M)
-    return dx.reshape(x.shape), dweight, dbias
+    return _backward(bias_gelu_backward, dout, cache, kernel32=bias_gelu_backward32)
+
+
+VARIANTS = {
+    "1_erf_loops": (linear_gelu_forward_loops, linear_gelu_backward_loops),
+    "2_erfc_rows": (linear_gelu_forward_erfc, linear_gelu_backward_erfc),
+    "3_rational32": (linear_gelu_forward, linear_gelu_backward),
+}

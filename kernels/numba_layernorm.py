@@ -1,18 +1,20 @@
 """Numba CPU kernels for LayerNorm over the last axis (the specification is tinyvit.layers.layernorm).
 
-Rows are independent, so both passes run in parallel over rows. A row of D
-values stays in L1 cache while it is worked on, so "one pass over memory"
-means each row is read from main memory once: the mean and the variance are
-taken from the cached row (two short loops, numerically as safe as the
-reference's two-pass formula), then the output is written.
+Every leading position is one row of D values; the kernels work on the (R, D)
+rows and keep the mean and rstd of each row (float64, even for float32 x)
+for backward, which recomputes xhat from them rather than storing it.
 
-Variants, plain to fast:
-1. `layernorm_rows_forward`   per row: mean, variance, rstd in float64, then the output; the
-                              cache keeps x, mean and rstd, never the normalised x.
-2. `layernorm_rows_backward`  per row: xhat recomputed from (x, mean, rstd), then the two row
-                              means of the derivation (mean(g) through the mean, mean(g xhat)
-                              through the variance), with dweight and dbias reduced over rows
-                              as per-chunk float64 partials in the same pass.
+Variants, plain to fast (VARIANTS: name -> (forward, backward), the last is the default):
+1_loops           one row after another: the mean, the variance about it, then the output
+                  (three short loops over a row that stays in L1 cache, so the row is read
+                  from memory once). Backward per row: xhat recomputed, the two row means of
+                  the derivation, mean(g) (the term through the mean) and mean(g xhat) (the
+                  term through the variance), then dx; dweight and dbias summed over all rows
+                  into one float64 accumulator.
+2_parallel_rows   the same row kernels with rows spread over the cores (`prange`). Backward's
+                  sums over rows become a parallel reduction without atomics: each chunk of
+                  CHUNK_ROWS rows adds into its own float64 partial, and the few partials are
+                  added at the end.
 """
 
 from typing import NamedTuple
@@ -25,52 +27,92 @@ from tinyvit.layers.layernorm import EPS
 from .numba_linear import CHUNK_ROWS, FASTMATH, rows, sum_partials
 
 
+@njit(fastmath=FASTMATH, cache=True, inline="always")
+def _normalise_row(x, weight, bias, eps, out, mean, rstd, r):
+    """Row r of x (R, D) -> row r of out; mean[r] and rstd[r] written."""
+    D = x.shape[1]
+    s = 0.0
+    for j in range(D):
+        s += x[r, j]
+    mu = s / D
+    ss = 0.0
+    for j in range(D):
+        d = x[r, j] - mu
+        ss += d * d  # about the mean: as safe as the reference's two-pass variance
+    inv = 1.0 / np.sqrt(ss / D + eps)
+    for j in range(D):
+        out[r, j] = (x[r, j] - mu) * inv * weight[j] + bias[j]
+    mean[r] = mu
+    rstd[r] = inv
+
+
+@njit(fastmath=FASTMATH, cache=True, inline="always")
+def _row_backward(dout, x, weight, mean, rstd, dx, dw, db, r):
+    """Row r: dx[r] written; dout * xhat and dout added into the float64 accumulators dw and db (D,)."""
+    D = x.shape[1]
+    mu = np.float64(mean[r])
+    inv = np.float64(rstd[r])
+    sg = 0.0
+    sgx = 0.0
+    for j in range(D):
+        xhat = (x[r, j] - mu) * inv
+        g = dout[r, j] * weight[j]  # the gradient at xhat
+        sg += g
+        sgx += g * xhat
+        dw[j] += dout[r, j] * xhat
+        db[j] += dout[r, j]
+    mg = sg / D  # mean(g): the term through the mean
+    mgx = sgx / D  # mean(g xhat): the term through the variance
+    for j in range(D):
+        xhat = (x[r, j] - mu) * inv
+        dx[r, j] = inv * (dout[r, j] * weight[j] - mg - xhat * mgx)
+
+
+# -- 1_loops --------------------------------------------------------------------------------------
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def layernorm_rows_forward_loops(x, weight, bias, eps, out, mean, rstd):
+    """x (R, D) -> out (R, D); mean and rstd (R,) written. One row after another."""
+    for r in range(x.shape[0]):
+        _normalise_row(x, weight, bias, eps, out, mean, rstd, r)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def layernorm_rows_backward_loops(dout, x, weight, mean, rstd, dx):
+    """dx (R, D) written; returns (dweight, dbias), each (D,). One row after another."""
+    D = x.shape[1]
+    dw = np.zeros((1, D), dtype=np.float64)
+    db = np.zeros((1, D), dtype=np.float64)
+    for r in range(x.shape[0]):
+        _row_backward(dout, x, weight, mean, rstd, dx, dw[0], db[0], r)
+    return sum_partials(dw, x.dtype), sum_partials(db, x.dtype)
+
+
+# -- 2_parallel_rows ------------------------------------------------------------------------------
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def layernorm_rows_forward(x, weight, bias, eps, out, mean, rstd):
-    """x (R, D) -> out (R, D); mean and rstd (R,) written for backward."""
-    R, D = x.shape
-    for r in prange(R):
-        s = 0.0
-        for j in range(D):
-            s += x[r, j]
-        mu = s / D
-        ss = 0.0
-        for j in range(D):
-            d = x[r, j] - mu
-            ss += d * d
-        inv = 1.0 / np.sqrt(ss / D + eps)
-        for j in range(D):
-            out[r, j] = (x[r, j] - mu) * inv * weight[j] + bias[j]
-        mean[r] = mu
-        rstd[r] = inv
+    """x (R, D) -> out (R, D); mean and rstd (R,) written. Rows in parallel."""
+    for r in prange(x.shape[0]):
+        _normalise_row(x, weight, bias, eps, out, mean, rstd, r)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def layernorm_rows_backward(dout, x, weight, mean, rstd, dx):
-    """dx (R, D) written; returns (dweight, dbias), each (D,)."""
+    """dx (R, D) written; returns (dweight, dbias), each (D,). Chunks of rows in parallel."""
     R, D = x.shape
     chunks = (R + CHUNK_ROWS - 1) // CHUNK_ROWS
     pw = np.zeros((chunks, D), dtype=np.float64)
     pb = np.zeros((chunks, D), dtype=np.float64)
     for c in prange(chunks):
         for r in range(c * CHUNK_ROWS, min(R, (c + 1) * CHUNK_ROWS)):
-            mu = np.float64(mean[r])
-            inv = np.float64(rstd[r])
-            sg = 0.0
-            sgx = 0.0
-            for j in range(D):
-                xhat = (x[r, j] - mu) * inv
-                g = dout[r, j] * weight[j]  # the gradient at xhat
-                sg += g
-                sgx += g * xhat
-                pw[c, j] += dout[r, j] * xhat
-                pb[c, j] += dout[r, j]
-            mg = sg / D  # mean(g): the term through the mean
-            mgx = sgx / D  # mean(g xhat): the term through the variance
-            for j in range(D):
-                xhat = (x[r, j] - mu) * inv
-                dx[r, j] = inv * (dout[r, j] * weight[j] - mg - xhat * mgx)
+            _row_backward(dout, x, weight, mean, rstd, dx, pw[c], pb[c], r)
     return sum_partials(pw, x.dtype), sum_partials(pb, x.dtype)
+
+
+# -- the layer, on either pair of row kernels ---------------------------------------------------
 
 
 class LayerNormCache(NamedTuple):
@@ -82,19 +124,43 @@ class LayerNormCache(NamedTuple):
     rstd: np.ndarray  # (R,) float64
 
 
-def layernorm_forward(x, weight, bias, eps=EPS):
-    """(..., D) -> (..., D), normalised per row, then scaled and shifted."""
+def _forward(row_kernel, x, weight, bias, eps):
     x2 = rows(x)
     out = np.empty_like(x2)
     mean = np.empty(x2.shape[0], dtype=np.float64)  # float64 even for float32 x: xhat is recomputed from them
     rstd = np.empty(x2.shape[0], dtype=np.float64)
-    layernorm_rows_forward(x2, weight, bias, eps, out, mean, rstd)
+    row_kernel(x2, weight, bias, eps, out, mean, rstd)
     return out.reshape(x.shape), LayerNormCache(x2, weight, mean, rstd)
 
 
-def layernorm_backward(dout, cache):
-    """dout (..., D) -> dx (..., D), dweight (D,), dbias (D,)."""
+def _backward(row_kernel, dout, cache):
     x2, weight, mean, rstd = cache
     dx = np.empty_like(x2)
-    dweight, dbias = layernorm_rows_backward(rows(dout), x2, weight, mean, rstd, dx)
+    dweight, dbias = row_kernel(rows(dout), x2, weight, mean, rstd, dx)
     return dx.reshape(dout.shape), dweight, dbias
+
+
+def layernorm_forward_loops(x, weight, bias, eps=EPS):
+    """(..., D) -> (..., D), normalised per row, then scaled and shifted (rows one after another)."""
+    return _forward(layernorm_rows_forward_loops, x, weight, bias, eps)
+
+
+def layernorm_backward_loops(dout, cache):
+    """dout (..., D) -> dx (..., D), dweight (D,), dbias (D,) (rows one after another)."""
+    return _backward(layernorm_rows_backward_loops, dout, cache)
+
+
+def layernorm_forward(x, weight, bias, eps=EPS):
+    """(..., D) -> (..., D), normalised per row, then scaled and shifted (rows in parallel)."""
+    return _forward(layernorm_rows_forward, x, weight, bias, eps)
+
+
+def layernorm_backward(dout, cache):
+    """dout (..., D) -> dx (..., D), dweight (D,), dbias (D,) (rows in parallel)."""
+    return _backward(layernorm_rows_backward, dout, cache)
+
+
+VARIANTS = {
+    "1_loops": (layernorm_forward_loops, layernorm_backward_loops),
+    "2_parallel_rows": (layernorm_forward, layernorm_backward),
+}

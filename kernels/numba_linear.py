@@ -1,18 +1,17 @@
 """Numba CPU kernels for the linear layer y = x @ W + b (the specification is tinyvit.layers.linear).
 
-The matrix products go to BLAS: NumPy's matmul on 2-D views (every leading
-position is one row), which measured as fast as `np.dot` inside an njit
-function for every shape the model uses, and which reads the transposed
-weight in backward as a flag to sgemm, never as a copy. Numba does the passes
-over memory around the products.
-
-Variants, plain to fast:
-1. `add_bias_rows`      the bias added in one parallel pass over the GEMM output, in place in
-                        that fresh buffer; teaches `prange` over rows and that a broadcast add
-                        is memory-bound, so the only speed-up is not making a second array.
-2. `column_sums`        the bias gradient sum_rows dout: rows split into chunks, one partial
-                        sum per chunk (in parallel), then the few partials added; teaches a
-                        parallel reduction without atomics, accumulated in float64.
+Variants, plain to fast (VARIANTS: name -> (forward, backward), the last is the default):
+1_loops        the product as three loops in njit, in (row, in, out) order so the innermost
+               loop walks a row of W and a row of the output: contiguous, so LLVM vectorises
+               it. Backward is the same loops for dx = dout W^T and dW = x^T dout. Teaches
+               the arithmetic; a few GFLOP/s, against hundreds for BLAS.
+2_blas         the products go to BLAS: NumPy's matmul on 2-D views (every leading position
+               is one row), which reads the transposed weight in backward as a flag to sgemm,
+               never a copy. Numba does the passes over memory around them: the bias added in
+               one parallel pass, in place in the fresh product (`add_bias_rows`: a broadcast
+               add is memory-bound, so the only gain is not making a second array), and the
+               bias gradient as a parallel reduction without atomics (`column_sums`: one
+               float64 partial sum per chunk of rows, then the few partials added).
 """
 
 import numpy as np
@@ -67,6 +66,46 @@ def rows(x):
     return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
 
 
+# -- 1_loops ------------------------------------------------------------------------------------
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def matmul_loops(a, b, out):
+    """out (R, F) = a (R, K) @ b (K, F), written; the innermost loop runs along rows of b and out."""
+    R, K = a.shape
+    F = b.shape[1]
+    for r in range(R):
+        for f in range(F):
+            out[r, f] = 0.0
+        for k in range(K):
+            ark = a[r, k]
+            for f in range(F):
+                out[r, f] += ark * b[k, f]
+
+
+def linear_forward_loops(x, weight, bias):
+    """(..., in) -> (..., out) with the product written as loops."""
+    x2 = rows(x)
+    out = np.empty((x2.shape[0], weight.shape[1]), dtype=x2.dtype)
+    matmul_loops(x2, np.ascontiguousarray(weight), out)
+    add_bias_rows(out, bias)
+    return out.reshape(*x.shape[:-1], weight.shape[1]), LinearCache(x, weight)
+
+
+def linear_backward_loops(dout, cache):
+    """dout (..., out) -> dx (..., in), dweight (in, out), dbias (out,), the products as loops."""
+    x, weight = cache
+    d2, x2 = rows(dout), rows(x)
+    dx = np.empty(x2.shape, dtype=d2.dtype)
+    matmul_loops(d2, np.ascontiguousarray(weight.T), dx)  # (R, in)
+    dweight = np.empty(weight.shape, dtype=d2.dtype)
+    matmul_loops(np.ascontiguousarray(x2.T), d2, dweight)  # (in, out)
+    return dx.reshape(x.shape), dweight, column_sums(d2)
+
+
+# -- 2_blas ---------------------------------------------------------------------------------------
+
+
 def linear_forward(x, weight, bias):
     """(..., in) @ (in, out) + (out,) -> (..., out): sgemm, then the bias in one pass."""
     x2 = rows(x)
@@ -82,3 +121,9 @@ def linear_backward(dout, cache):
     dx = d2 @ weight.T  # (R, in); weight.T is a transposed view, sgemm reads it as such
     dweight = rows(x).T @ d2  # (in, out): sum over rows of the outer products x^T dout
     return dx.reshape(x.shape), dweight, column_sums(d2)
+
+
+VARIANTS = {
+    "1_loops": (linear_forward_loops, linear_backward_loops),
+    "2_blas": (linear_forward, linear_backward),
+}

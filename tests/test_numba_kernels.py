@@ -6,7 +6,13 @@ compared with the float64 reference on the same inputs; its bounds (FLOAT32_TOL)
 come from float32's resolution (6e-8) grown by the length of the sums involved,
 and, for GELU, from the rational erf of kernels/numba_gelu.py (6.5e-8 absolute).
 Every check also asserts that the kernel left its inputs untouched.
+
+Each kernel file keeps its ladder of variants, plain to fast, in a VARIANTS table;
+every variant is checked here against the same specification, and the backend is
+checked to run the last one.
 """
+
+import functools
 
 import numpy as np
 import pytest
@@ -25,6 +31,17 @@ from tinyvit.kernels import (
 
 from tinyvit import layers, optim
 from tinyvit.backend import get_backend
+
+# 3_flash once more with blocks of 2 rows, so the online softmax meets several key blocks
+ATTENTION_VARIANTS = {
+    **numba_attention.VARIANTS,
+    "3_flash, block 2": (functools.partial(numba_attention.attention_forward, block=2),
+                         numba_attention.attention_backward),
+}  # fmt: skip
+
+
+def variants(table):
+    return pytest.mark.parametrize("variant", list(table))
 
 # float32 kernel vs the float64 reference, max |error| / max |reference| per output array.
 # Sums over <= 64 terms in float32 keep ~1e-6 relative; 2e-5 leaves room for the worst draws.
@@ -71,14 +88,16 @@ def assert_unchanged(before, after):
         assert np.array_equal(b, a), f"input {i} was modified by the kernel"
 
 
+@variants(numba_linear.VARIANTS)
 @given(seed=seeds, dtype=dtypes, lead=st.lists(small, min_size=1, max_size=2), fin=small, fout=small)
-def test_linear_matches_reference(seed, dtype, lead, fin, fout):
+def test_linear_matches_reference(variant, seed, dtype, lead, fin, fout):
     """linear forward (sgemm + the fused bias pass) and backward (two sgemms + the column sums)."""
     rng = np.random.default_rng(seed)
     x, w, b, dout = (draw(rng, s, dtype) for s in ((*lead, fin), (fin, fout), (fout,), (*lead, fout)))
     before = snapshot(x, w, b, dout)
-    out, cache = numba_linear.linear_forward(x, w, b)
-    grads = numba_linear.linear_backward(dout, cache)
+    forward, backward = numba_linear.VARIANTS[variant]
+    out, cache = forward(x, w, b)
+    grads = backward(dout, cache)
     assert_unchanged(before, [x, w, b, dout])
     x64, w64, b64, d64 = reference_inputs(x, w, b, dout)
     ref_out, ref_cache = layers.linear_forward(x64, w64, b64)
@@ -87,15 +106,17 @@ def test_linear_matches_reference(seed, dtype, lead, fin, fout):
         assert_close("linear " + name, g, r, dtype)
 
 
+@variants(numba_gelu.VARIANTS)
 @given(seed=seeds, dtype=dtypes, rows=st.integers(1, 40), fin=small, m=st.integers(1, 12))
-def test_linear_gelu_matches_reference(seed, dtype, rows, fin, m):
+def test_linear_gelu_matches_reference(variant, seed, dtype, rows, fin, m):
     """fc1 + exact GELU, with pre-activations spread over [-6, 6] so the erf clamp at +-4 is crossed."""
     rng = np.random.default_rng(seed)
     x, w, dout = draw(rng, (rows, fin), dtype), draw(rng, (fin, m), dtype, 2.0), draw(rng, (rows, m), dtype)
     b = draw(rng, (m,), dtype, 2.0)
     before = snapshot(x, w, b, dout)
-    out, cache = numba_gelu.linear_gelu_forward(x, w, b)
-    grads = numba_gelu.linear_gelu_backward(dout, cache)
+    forward, backward = numba_gelu.VARIANTS[variant]
+    out, cache = forward(x, w, b)
+    grads = backward(dout, cache)
     assert_unchanged(before, [x, w, b, dout])
     x64, w64, b64, d64 = reference_inputs(x, w, b, dout)
     ref_out, ref_cache = layers.linear_gelu_forward(x64, w64, b64)
@@ -121,14 +142,16 @@ def test_float32_gelu_error_is_within_the_documented_bound():
 
 @given(seed=seeds, dtype=dtypes, lead=st.lists(small, min_size=1, max_size=2), d=st.integers(2, 12),
        shift=st.floats(-3, 3))  # fmt: skip
-def test_layernorm_matches_reference(seed, dtype, lead, d, shift):
+@variants(numba_layernorm.VARIANTS)
+def test_layernorm_matches_reference(variant, seed, dtype, lead, d, shift):
     """LayerNorm forward (mean and variance in one read of each row) and backward (xhat recomputed)."""
     rng = np.random.default_rng(seed)
     x = (draw(rng, (*lead, d), np.float64) + shift).astype(dtype)
     w, b, dout = draw(rng, (d,), dtype), draw(rng, (d,), dtype), draw(rng, (*lead, d), dtype)
     before = snapshot(x, w, b, dout)
-    out, cache = numba_layernorm.layernorm_forward(x, w, b)
-    grads = numba_layernorm.layernorm_backward(dout, cache)
+    forward, backward = numba_layernorm.VARIANTS[variant]
+    out, cache = forward(x, w, b)
+    grads = backward(dout, cache)
     assert_unchanged(before, [x, w, b, dout])
     x64, w64, b64, d64 = reference_inputs(x, w, b, dout)
     ref_out, ref_cache = layers.layernorm_forward(x64, w64, b64)
@@ -142,15 +165,17 @@ def test_layernorm_matches_reference(seed, dtype, lead, d, shift):
 
 @given(seed=seeds, dtype=dtypes, batch=st.integers(1, 3), n=st.integers(1, 7), heads=st.integers(1, 3),
        dh=st.integers(1, 4), scale=st.sampled_from([0.5, 3.0]))  # fmt: skip
-def test_attention_matches_reference(seed, dtype, batch, n, heads, dh, scale):
+@variants(ATTENTION_VARIANTS)
+def test_attention_matches_reference(variant, seed, dtype, batch, n, heads, dh, scale):
     """Attention per (batch, head): fused scale + softmax forward, the softmax Jacobian backward,
     and the kept probabilities equal the reference's (B, H, N, N)."""
     rng = np.random.default_rng(seed)
     D = heads * dh
     qkv, dout = draw(rng, (batch, n, 3 * D), dtype, scale), draw(rng, (batch, n, D), dtype)
     before = snapshot(qkv, dout)
-    out, cache = numba_attention.attention_forward(qkv, heads)
-    dqkv = numba_attention.attention_backward(dout, cache)
+    forward, backward = ATTENTION_VARIANTS[variant]
+    out, cache = forward(qkv, heads)
+    dqkv = backward(dout, cache)
     assert_unchanged(before, [qkv, dout])
     q64, d64 = reference_inputs(qkv, dout)
     ref_out, ref_cache = layers.attention_forward(q64, heads)
@@ -159,19 +184,21 @@ def test_attention_matches_reference(seed, dtype, batch, n, heads, dh, scale):
     assert_close("attention dqkv", dqkv, layers.attention_backward(d64, ref_cache), dtype)
 
 
+@pytest.mark.parametrize("variant, add_variant", list(zip(numba_embed.VARIANTS, numba_embed.ADD_VARIANTS, strict=True)))
 @given(seed=seeds, dtype=dtypes, batch=small, n=small, d=small)
-def test_embed_class_token_and_add_match_reference(seed, dtype, batch, n, d):
+def test_embed_class_token_and_add_match_reference(variant, add_variant, seed, dtype, batch, n, d):
     """Class token + position embedding, the class-token read-out (the backend's) and the residual add."""
     rng = np.random.default_rng(seed)
     x, cls, pos = draw(rng, (batch, n, d), dtype), draw(rng, (d,), dtype), draw(rng, (n + 1, d), dtype)
     dout, dcls_row = draw(rng, (batch, n + 1, d), dtype), draw(rng, (batch, d), dtype)
     before = snapshot(x, cls, pos, dout, dcls_row)
-    out, cache = numba_embed.embed_forward(x, cls, pos)
-    grads = numba_embed.embed_backward(dout, cache)
+    forward, backward = numba_embed.VARIANTS[variant]
+    out, cache = forward(x, cls, pos)
+    grads = backward(dout, cache)
     numba_backend = get_backend("numba")
     row, row_cache = numba_backend.class_token_forward(out)
     drow = numba_backend.class_token_backward(dcls_row, row_cache)
-    total = numba_embed.add(out, dout)
+    total = numba_embed.ADD_VARIANTS[add_variant](out, dout)
     assert_unchanged(before, [x, cls, pos, dout, dcls_row])
     x64, c64, p64, d64, r64 = reference_inputs(x, cls, pos, dout, dcls_row)
     ref_out, ref_cache = layers.embed_forward(x64, c64, p64)
@@ -182,6 +209,39 @@ def test_embed_class_token_and_add_match_reference(seed, dtype, batch, n, d):
     assert_close("class token", row, ref_row, dtype)
     assert_close("class token dx", drow, layers.class_token_backward(r64, ref_row_cache), dtype)
     assert_close("add", total, ref_out + d64, dtype)
+
+
+def test_the_backend_runs_each_files_last_variant():
+    """The ladder's last rung is what `get_backend("numba")` runs; the tables are ordered plain to fast."""
+    backend = get_backend("numba")
+    pairs = {
+        numba_linear: (backend.linear_forward, backend.linear_backward),
+        numba_gelu: (backend.linear_gelu_forward, backend.linear_gelu_backward),
+        numba_layernorm: (backend.layernorm_forward, backend.layernorm_backward),
+        numba_attention: (backend.attention_forward, backend.attention_backward),
+        numba_embed: (backend.embed_forward, backend.embed_backward),
+        numba_loss: (backend.cross_entropy_forward, backend.cross_entropy_backward),
+    }
+    for module, ops in pairs.items():
+        names = list(module.VARIANTS)
+        assert names == sorted(names, key=lambda n: int(n.split("_")[0])), f"{module.__name__}: {names}"
+        assert module.VARIANTS[names[-1]] == ops, f"{module.__name__}: the backend does not run {names[-1]}"
+    assert list(numba_embed.ADD_VARIANTS.values())[-1] is backend.add
+
+
+def test_flash_attention_keeps_no_square_array_and_recomputes_the_maps():
+    """3_flash's cache holds (B, H, N) log-sum-exps, not (B, H, N, N) probabilities; asked for the maps,
+    it recomputes them equal to the reference's (what the lessons draw)."""
+    rng = np.random.default_rng(0)
+    qkv = draw(rng, (2, 9, 3 * 4), np.float64)
+    _, cache = numba_attention.attention_forward(qkv, 2, block=4)
+    square = [f for f, a in zip(cache._fields, cache) if isinstance(a, np.ndarray) and a.ndim == 4]
+    assert not square, f"the cache keeps square arrays {square}"
+    assert cache.lse.shape == (2, 2, 9)
+    _, ref_cache = layers.attention_forward(qkv, 2)
+    assert_close("attention maps", cache.probs, ref_cache.probs, np.float64)
+    with pytest.raises(ValueError, match="block must be at least 1"):
+        numba_attention.attention_forward(qkv, 2, block=0)
 
 
 def test_add_rejects_mismatched_shapes():
@@ -208,14 +268,16 @@ def test_patchify_rejects_a_patch_that_does_not_divide_the_image():
         numba_patchify.patchify(np.zeros((1, 6, 6, 3)), 4)
 
 
+@variants(numba_loss.VARIANTS)
 @given(seed=seeds, dtype=dtypes, batch=small, k=st.integers(2, 6), smoothing=st.sampled_from([0.0, 0.1, 0.5]))
-def test_cross_entropy_matches_reference(seed, dtype, batch, k, smoothing):
+def test_cross_entropy_matches_reference(variant, seed, dtype, batch, k, smoothing):
     """Loss (log-sum-exp with the row max) and dlogits, with and without label smoothing."""
     rng = np.random.default_rng(seed)
     logits, labels = draw(rng, (batch, k), dtype, 4.0), rng.integers(0, k, batch)
     before = snapshot(logits, labels)
-    loss, cache = numba_loss.cross_entropy_forward(logits, labels, smoothing)
-    dlogits = numba_loss.cross_entropy_backward(0.7, cache)
+    forward, backward = numba_loss.VARIANTS[variant]
+    loss, cache = forward(logits, labels, smoothing)
+    dlogits = backward(0.7, cache)
     assert_unchanged(before, [logits, labels])
     ref_loss, ref_cache = layers.cross_entropy_forward(logits.astype(np.float64), labels, smoothing)
     assert isinstance(loss, float)
@@ -305,6 +367,9 @@ def test_kernels_use_the_specifications_caches_and_eps():
 
     x = np.ones((2, 3, 6))
     assert type(numba_linear.linear_forward(x, np.ones((6, 4)), np.zeros(4))[1]) is LinearCache
-    assert type(numba_attention.attention_forward(x, 2)[1]) is AttentionCache
+    # the attention variants that keep the probabilities keep them in the specification's record;
+    # 3_flash keeps log-sum-exps instead, a cache of its own (FlashAttentionCache)
+    for name in ("1_loops", "2_blas_heads"):
+        assert type(numba_attention.VARIANTS[name][0](x, 2)[1]) is AttentionCache, name
     assert type(numba_loss.cross_entropy_forward(np.zeros((2, 3)), np.array([0, 2]))[1]) is CrossEntropyCache
     assert numba_layernorm.layernorm_forward.__defaults__ == (EPS,)

@@ -5,39 +5,99 @@ A training step alternates about two hundred times between BLAS products
 the same count, so neither asks for more threads than there are cores. That is
 not enough on its own: an idle pool that keeps spinning, waiting for its next
 job, takes a core from the pool that runs now. On 2 cores this made a step
-2.7 times slower. So, unless the user has chosen otherwise:
+2.7 times slower. So, unless the user has chosen otherwise, `quiet_pools()`
+(called when tinyvit is imported) makes both pools sleep when idle:
 
-- OPENBLAS_THREAD_TIMEOUT=4: OpenBLAS threads go to sleep almost at once after
-  a product. OpenBLAS reads it when it loads, i.e. when NumPy is first
-  imported, so `tinyvit/__init__.py` calls `quiet_pools()` before importing NumPy;
-  a program that imports NumPy before tinyvit should set it itself.
-- NUMBA_THREADING_LAYER=workqueue: numba's own simple pool, whose workers
-  sleep between loops (the OpenMP layer's spin-wait has the same problem).
-  It runs one parallel loop at a time: a program that calls numba kernels from
-  several Python threads at once should choose another layer (omp or tbb).
+- OpenBLAS: a thread timeout of 2^4 cycles (OPENBLAS_THREAD_TIMEOUT=4), so its
+  threads go to sleep almost at once after a product. OpenBLAS reads that
+  variable when it loads, which is when NumPy is first imported. If NumPy came
+  first, the library is already running with its default (spin ~0.1 s after
+  every product), so `quiet_pools` asks each loaded OpenBLAS to read its
+  environment again (`openblas_read_env`) and stops its idle threads
+  (`blas_thread_shutdown_`); the next product starts them anew, with the short
+  timeout. threadpoolctl finds every loaded OpenBLAS (NumPy's, and SciPy's,
+  which numba's `np.dot` uses), so import order does not matter.
+- numba: the `workqueue` threading layer, numba's own simple pool, whose workers
+  sleep between loops (the OpenMP layer's spin-wait has the same problem). numba
+  reads the layer when it starts its pool, at the first parallel loop, so setting
+  `numba.config.THREADING_LAYER` works even when numba was imported first. The
+  workqueue runs one parallel loop at a time: a program that calls numba kernels
+  from several Python threads at once should choose another layer (omp or tbb).
+
+A third pool hides inside numba's loops: numba's `np.dot` calls SciPy's BLAS
+(pip's SciPy ships its own OpenBLAS, separate from NumPy's), and the attention
+kernels call it from inside `prange`, many small products at once. If that
+OpenBLAS uses more than one thread, each small product above its threshold
+(65x64x65 already is) wakes a sleeping helper thread, on cores that numba's
+threads already occupy: ViT-B/16's attention ran 20-40x slower so (docs/benchmarks.md). The
+parallelism there is numba's, so `set_threads` gives SciPy's own OpenBLAS one
+thread (`inner_blas_single_threaded`); a SciPy that shares NumPy's BLAS is left
+alone.
 
 Measured on 2 cores, cifar-small training step (docs/benchmarks.md, "idle
 threads that spin"; benchmarks/bench_cpu.py): 67 images/s with both pools
 spinning, 144 with the workqueue layer alone, 149 with the OpenBLAS timeout
-alone, 181 with both.
+alone, 181 with both. With NumPy imported first: docs/benchmarks.md, "Import order".
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 
+OPENBLAS_TIMEOUT = "4"  # log2 of the cycles an idle OpenBLAS thread spins before it sleeps (OpenBLAS's minimum)
+NUMBA_LAYER = "workqueue"
+
 
 def quiet_pools() -> None:
-    """Make idle BLAS and numba threads sleep rather than spin (defaults only; see above)."""
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+    """Make idle BLAS and numba threads sleep rather than spin (defaults only: see above).
+
+    Safe to call any time no product or parallel loop is running; tinyvit's import calls it."""
+    if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = OPENBLAS_TIMEOUT
+        _reread_loaded_openblas()
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        os.environ["NUMBA_THREADING_LAYER"] = NUMBA_LAYER
+        numba = sys.modules.get("numba")
+        if numba is not None:  # imported before tinyvit: it read the environment already
+            numba.config.THREADING_LAYER = NUMBA_LAYER  # read again when its pool starts
+
+
+def _reread_loaded_openblas() -> None:
+    """Every OpenBLAS already loaded in this process re-reads its environment and restarts its pool."""
+    if not any(name in sys.modules for name in ("numpy", "scipy")):
+        return  # nothing has loaded a BLAS yet; it will read the environment when it loads
+    from threadpoolctl import threadpool_info
+
+    for pool in threadpool_info():
+        if pool.get("internal_api") != "openblas":
+            continue
+        lib = ctypes.CDLL(pool["filepath"])
+        if hasattr(lib, "openblas_read_env") and hasattr(lib, "blas_thread_shutdown_"):
+            lib.openblas_read_env()  # the thread timeout is taken from the environment again...
+            lib.blas_thread_shutdown_()  # ...and used when the pool is next started
+
+
+def inner_blas_single_threaded() -> None:
+    """SciPy's own BLAS (what numba's np.dot calls inside parallel loops) runs on one thread."""
+    import scipy
+    import scipy.linalg.cython_blas
+    from threadpoolctl import ThreadpoolController
+
+    scipy_dir = os.path.dirname(os.path.abspath(scipy.__file__))
+    own = (scipy_dir + os.sep, scipy_dir + ".libs" + os.sep)  # inside the SciPy package: not NumPy's
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.user_api == "blas" and os.path.abspath(lib.filepath).startswith(own):
+            lib.set_num_threads(1)
+
 
 _limiter = None  # kept alive: threadpoolctl's limit lasts as long as this object
 
 
 def set_threads(n: int | None = None) -> int:
-    """Use n threads (default: all cores) for BLAS and, if numba is loaded, for numba."""
+    """Use n threads (default: all cores) for BLAS and, if numba is loaded, for numba (SciPy's own
+    BLAS, which numba's loops call, keeps one: see above)."""
     global _limiter
     n = (os.cpu_count() or 1) if n is None else int(n)
     if n < 1:
@@ -48,4 +108,5 @@ def set_threads(n: int | None = None) -> int:
     numba = sys.modules.get("numba")  # a numpy-backend run need not load numba at all
     if numba is not None:
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        inner_blas_single_threaded()
     return n
