@@ -109,12 +109,7 @@ def attention_figure(images: np.ndarray, all_probs, grid: int, titles=None):
             if r == 0 and titles is not None:
                 ax.set_title(titles[i], fontsize=9)
         axes[r, 0].set_ylabel(label)
-    fig.colorbar(
-        shown,
-        ax=axes[1:, :].ravel().tolist(),
-        shrink=0.8,
-        label="attention / its maximum",
-    )
+    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.6, label="attention / its maximum")
     fig.suptitle("where the class token looks (figure 6: attention rollout)")
     return fig
 
