@@ -32,6 +32,7 @@ from .analysis import (
     mean_attention_distance,
     pos_embed_similarity,
 )
+from .errors import UsageError
 from .layers import patchify
 
 INSTALL_HINT = "pip install -e '.[lessons]'"
@@ -218,10 +219,10 @@ def main(argv=None) -> int:
         cfg = ck.cfg
         images = np.stack([load_image(f, cfg.image_size) for f in args.image])
         if "mean" not in ck.state or "std" not in ck.state:
-            raise ValueError(
+            raise UsageError(
                 f"{args.checkpoint} holds no normalisation statistics (mean, std): not written by tinyvit.train"
             )
-    except (ImportError, ValueError) as e:
+    except (ImportError, UsageError) as e:  # a missing package or bad input; anything else is a bug
         print(f"error: {e}", file=sys.stderr)
         return 2
     mean, std = (
