@@ -511,7 +511,7 @@ def _class_token_backward_last_row(dout, cache):
 
 
 def _layernorm_backward_without_mean_term(dout, cache):
-    """Wrong: leaves out the 1/N term through the mean, -rstd * mean(g)."""
+    """Wrong: leaves out the term through the mean, -rstd * mean(g) = -(rstd / D) * sum(g)."""
     dx, dweight, dbias = layers.layernorm_backward(dout, cache)
     g = dout * cache.weight
     return dx + cache.rstd * g.mean(axis=-1, keepdims=True), dweight, dbias
