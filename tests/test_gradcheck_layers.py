@@ -3,10 +3,10 @@
 Each test draws small shapes and bounded values with hypothesis, runs the
 layer forward, backward with a random upstream gradient, and compares every
 gradient with the centred finite difference of sum(out * dout) (see
-tests/gradcheck.py). check_layer also asserts that neither forward nor backward
+tinyvit/gradcheck.py). check_layer also checks that neither forward nor backward
 wrote into any input.
 
-How the tolerances were chosen (tests/gradcheck.py holds the numbers). An op
+How the tolerances were chosen (tinyvit/gradcheck.py holds the numbers). An op
 that is linear in the checked input has no truncation error, so it is checked
 with a step of h = 1 and only the rounding of its outputs remains: 1e-10 or
 tighter. A nonlinear op (GELU, softmax, LayerNorm) needs a small step,
