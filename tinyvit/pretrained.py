@@ -325,7 +325,7 @@ def identify(tf: TensorFile, heads=None) -> Source:
         except (json.JSONDecodeError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: a tinyvit checkpoint with a malformed config or state: {e}") from e
         norm = Normalization(tuple(state["mean"]), tuple(state["std"])) if "mean" in state and "std" in state else None
-        ignored = frozenset(k for k in shapes if k in ("config", "state") or k.startswith("opt/"))
+        ignored = frozenset(k for k in shapes if k in ("config", "state") or k.startswith(("opt/", "ema/")))
         return Source(TINYVIT, cfg, tinyvit_layout(cfg), "", ignored, norm)
     if tf.kind == NPZ:
         prefix = "opt/target/" if any(k.startswith("opt/target/") for k in shapes) else ""
