@@ -3,6 +3,7 @@
 Keys:
     param/<name>        every parameter
     opt/m/<name>, opt/v/<name>, opt/step   AdamW's moments and step count
+    ema/<name>          the moving average of every parameter, when the run keeps one (--ema)
     config              the ViTConfig, as JSON text
     state               JSON text: epoch, batch in epoch, step, seed, the training
                         options, the data's class names and normalisation
@@ -63,9 +64,12 @@ def remove_stale_temporaries(path) -> list[Path]:
     return removed
 
 
-def save_checkpoint(path, params: dict, cfg: ViTConfig, state: dict, opt_state: dict | None = None) -> Path:
-    """Write params (name -> ndarray), config, JSON-able state and optimizer state atomically."""
+def save_checkpoint(path, params: dict, cfg: ViTConfig, state: dict, opt_state: dict | None = None,
+                    ema: dict | None = None) -> Path:  # fmt: skip
+    """Write params (name -> ndarray), config, JSON-able state, optimizer state and the
+    parameters' moving average (name -> ndarray, or None) atomically."""
     arrays = {f"param/{k}": np.asarray(v) for k, v in params.items()}
+    arrays.update({f"ema/{k}": np.asarray(v) for k, v in (ema or {}).items()})
     for k, v in (opt_state or {}).items():
         arrays[f"opt/{k}"] = np.asarray(v)
     arrays["config"] = np.array(json.dumps(cfg.to_dict()))
@@ -74,10 +78,11 @@ def save_checkpoint(path, params: dict, cfg: ViTConfig, state: dict, opt_state: 
 
 
 class Checkpoint:
-    """A loaded checkpoint: .cfg, .params, .opt_state, .state."""
+    """A loaded checkpoint: .cfg, .params, .opt_state, .state, .ema (empty without a moving average)."""
 
-    def __init__(self, cfg: ViTConfig, params: dict, opt_state: dict, state: dict):
+    def __init__(self, cfg: ViTConfig, params: dict, opt_state: dict, state: dict, ema: dict | None = None):
         self.cfg, self.params, self.opt_state, self.state = cfg, params, opt_state, state
+        self.ema = ema or {}
 
 
 def load_checkpoint(path) -> Checkpoint:
@@ -100,4 +105,5 @@ def load_checkpoint(path) -> Checkpoint:
         raise UsageError(f"checkpoint {path} has a malformed config or state: {e}") from e
     params = {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")}
     opt_state = {k[len("opt/"):]: v for k, v in data.items() if k.startswith("opt/")}
-    return Checkpoint(cfg, params, opt_state, state)
+    ema = {k[len("ema/"):]: v for k, v in data.items() if k.startswith("ema/")}
+    return Checkpoint(cfg, params, opt_state, state, ema)

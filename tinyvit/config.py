@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 GELU_FORMS = ("erf", "tanh")
 CLASSIFIERS = ("token", "gap")
-_OPTIONS = ("gelu", "classifier", "pre_logits")  # checked on their own, not as positive integers
+POS_EMBEDS = ("learned", "sincos2d", "none")
+_OPTIONS = ("gelu", "classifier", "pre_logits", "pos_embed")  # checked on their own, not as positive integers
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class ViTConfig:
                 head reads the mean of all tokens after the final LayerNorm
     pre_logits  None, or the width of a dense + tanh layer before the head (the
                 official ImageNet-21k checkpoints have one of width D)
+    pos_embed   "learned": a trained (N, D) table (the paper); "sincos2d": a fixed table of
+                sines and cosines of each patch's row and column (big_vision's), not a
+                parameter, needs D divisible by 4; "none": no position information at all
     """
 
     image_size: int = 32
@@ -46,6 +50,7 @@ class ViTConfig:
     gelu: str = "erf"
     classifier: str = "token"
     pre_logits: int | None = None
+    pos_embed: str = "learned"
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -65,6 +70,10 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.gelu must be one of {GELU_FORMS}, got {self.gelu!r}")
         if self.classifier not in CLASSIFIERS:
             raise ValueError(f"ViTConfig.classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
+        if self.pos_embed not in POS_EMBEDS:
+            raise ValueError(f"ViTConfig.pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
+        if self.pos_embed == "sincos2d" and (self.dim % 4 or self.dim < 8):
+            raise ValueError(f"pos_embed 'sincos2d' needs dim divisible by 4 and at least 8, got dim {self.dim}")
         p = self.pre_logits
         if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
             raise ValueError(f"ViTConfig.pre_logits must be None or a positive integer, got {p!r}")

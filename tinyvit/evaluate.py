@@ -1,6 +1,12 @@
 """python -m tinyvit.evaluate: accuracy, per-class accuracy and the confusion matrix of a checkpoint.
 
     python -m tinyvit.evaluate --checkpoint runs/cifar10/checkpoint.npz --data cifar10
+    python -m tinyvit.evaluate --checkpoint runs/cifar10/checkpoint.npz --flip   # test-time flip averaging
+    python -m tinyvit.evaluate --checkpoint runs/cifar10/checkpoint.npz --ema    # the run's moving average
+
+With --flip every image is classified twice, as it is and mirrored left to right,
+and the two logits are averaged before the loss and the argmax: the training
+augmentation flips images, so both views are ones the model has learned from.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ from .errors import UsageError
 from .layers import cross_entropy_forward
 
 
-def evaluate_arrays(model, images, labels, mean=None, std=None, batch_size=256, progress=None):
+def evaluate_arrays(model, images, labels, mean=None, std=None, batch_size=256, progress=None, flip=False):
     """Mean loss, accuracy and predictions of `model` on uint8 images (B, H, W, C).
 
-    mean, std: the normalisation; None takes the model's own (model.normalization)."""
+    mean, std: the normalisation; None takes the model's own (model.normalization).
+    flip: average the logits of each image and its left-right mirror (test-time augmentation)."""
     from .data import normalize
 
     if mean is None or std is None:
@@ -31,12 +38,25 @@ def evaluate_arrays(model, images, labels, mean=None, std=None, batch_size=256, 
         x = normalize(images[start : start + batch_size], mean, std, dtype=model.dtype)
         y = labels[start : start + batch_size]
         logits = model.forward(x).astype(np.float64)
+        if flip:
+            logits = 0.5 * (logits + model.forward(x[:, :, ::-1]).astype(np.float64))  # W is axis 2
         loss, _ = cross_entropy_forward(logits, y)  # the mean over this batch, without smoothing
         total_loss += loss * len(y)
         preds[start : start + len(y)] = logits.argmax(axis=1)
         if progress is not None:
             progress.update(len(y))
     return total_loss / len(labels), float((preds == labels).mean()), preds
+
+
+def read_ema(path) -> dict:
+    """The moving average of the parameters in a tinyvit checkpoint (name -> array); a UsageError
+    naming the file when it holds none."""
+    from .checkpoint import load_checkpoint
+
+    ema = load_checkpoint(path).ema
+    if not ema:
+        raise UsageError(f"{path} holds no moving average of the parameters: it was trained without --ema")
+    return ema
 
 
 def confusion_matrix(labels, preds, num_classes):
@@ -69,6 +89,8 @@ def main(argv=None):
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--backend", choices=backend_names(), default=None, help=f"default: {default_backend_description()}")
+    p.add_argument("--flip", action="store_true", help="average the logits of each image and its mirror image")
+    p.add_argument("--ema", action="store_true", help="evaluate the moving average of a tinyvit checkpoint (trained with --ema)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
     from tqdm import tqdm
@@ -83,6 +105,8 @@ def main(argv=None):
         if args.data is None and "data" not in state:
             raise UsageError(f"{args.checkpoint} does not say what data it was trained on: pass --data")
         model = load_pretrained(args.checkpoint, backend=args.backend, dtype=state.get("dtype", "float32"))
+        if args.ema:
+            model.load_params(read_ema(args.checkpoint))
         ds = load_dataset(args.data or state["data"], data_dir=args.data_dir, image_size=model.cfg.image_size,
                           seed=state.get("seed", 0))  # fmt: skip
     except UsageError as e:
@@ -93,7 +117,8 @@ def main(argv=None):
     if len(ds.class_names) != model.cfg.num_classes:
         sys.exit(f"error: the data has {len(ds.class_names)} classes, the checkpoint's model {model.cfg.num_classes}")
     with tqdm(total=len(labels), desc=f"evaluating {args.split}", unit="img", file=sys.stderr) as bar:
-        loss, acc, preds = evaluate_arrays(model, images, labels, batch_size=args.batch_size, progress=bar)
+        loss, acc, preds = evaluate_arrays(model, images, labels, batch_size=args.batch_size, progress=bar,
+                                           flip=args.flip)  # fmt: skip
     if args.json:
         cm = confusion_matrix(labels, preds, len(ds.class_names))
         print(json.dumps({"accuracy": acc, "loss": loss, "class_names": ds.class_names,

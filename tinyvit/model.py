@@ -16,6 +16,8 @@ Options of the official checkpoints (ViTConfig): `gelu="tanh"` computes fc1's GE
 in its tanh form; `classifier="gap"` has no class token (pos_embed covers the
 patches alone) and pools by the mean over all tokens after the final LayerNorm;
 `pre_logits=R` puts a dense layer of width R and a tanh before the head.
+`pos_embed="sincos2d"` adds a fixed 2-D sine-cosine table instead of a learned one,
+`pos_embed="none"` adds nothing (tinyvit.posembed).
 
 The forward and backward passes are pure functions of the parameters
 (`forward`, `backward`, `loss_and_grads` below): they run on one backend from
@@ -35,6 +37,7 @@ import numpy as np
 from .backend import get_backend
 from .config import ViTConfig
 from .errors import check_labels
+from .posembed import fixed_table
 
 
 def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
@@ -43,7 +46,8 @@ def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     shapes = {"patch_embed.weight": (cfg.patch_dim, D), "patch_embed.bias": (D,)}
     if cfg.has_class_token:
         shapes["cls_token"] = (D,)
-    shapes["pos_embed"] = (cfg.num_tokens, D)
+    if cfg.pos_embed == "learned":  # the fixed kinds are not parameters (tinyvit.posembed)
+        shapes["pos_embed"] = (cfg.num_tokens, D)
     for i in range(cfg.depth):
         b = f"blocks.{i}."
         shapes.update({
@@ -67,7 +71,14 @@ def count_params(cfg: ViTConfig) -> int:
     return sum(math.prod(s) for s in param_shapes(cfg).values())
 
 
-def init_params(cfg: ViTConfig, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
+ATTENTION_INITS = ("xavier", "mimetic")
+# Mimetic initialisation (Trockman and Kolter, "Mimetic Initialization of Self-Attention
+# Layers", ICML 2023): W_q W_k^T = ALPHA_QK Z1 + BETA_QK I and W_v W_proj = ALPHA_VO Z2 - BETA_VO I,
+# Z1, Z2 with N(0, 1/D) entries; the values are the paper's for its small vision transformers.
+MIMETIC = {"alpha_qk": 0.7, "beta_qk": 0.7, "alpha_vo": 0.4, "beta_vo": 0.4}
+
+
+def init_params(cfg: ViTConfig, seed: int = 0, dtype=np.float32, attention: str = "xavier") -> dict[str, np.ndarray]:
     """Initialise as google-research/vision_transformer (the paper's code) does.
 
     - patch_embed: LeCun normal (std 1/sqrt(fan_in)), Flax's default for the patch convolution;
@@ -80,7 +91,12 @@ def init_params(cfg: ViTConfig, seed: int = 0, dtype=np.float32) -> dict[str, np
     - head: zeros, so every class starts equally likely and the first loss is log K.
     Xavier keeps activations and gradients near unit scale through each block, which
     with pre-LN residuals lets a deep stack train from the start without a warm-up trick.
+
+    attention="mimetic" replaces the qkv and proj weights by mimetic_attention_weights
+    (the rest is drawn exactly as with "xavier").
     """
+    if attention not in ATTENTION_INITS:
+        raise ValueError(f"attention init must be one of {ATTENTION_INITS}, got {attention!r}")
     rng = np.random.default_rng(seed)
 
     def xavier(fan_in, fan_out, shape):
@@ -109,7 +125,40 @@ def init_params(cfg: ViTConfig, seed: int = 0, dtype=np.float32) -> dict[str, np
         else:  # the other biases, cls_token, head
             value = np.zeros(shape)
         params[name] = value.astype(dtype)
+    if attention == "mimetic":
+        mimetic = np.random.default_rng([seed, 1])  # its own stream: the other parameters stay as with xavier
+        for i in range(cfg.depth):
+            b = f"blocks.{i}.attn."
+            wq, wk, wv, wproj = mimetic_attention_weights(cfg.dim, mimetic)
+            params[b + "qkv.weight"] = np.concatenate([wq, wk, wv], axis=1).astype(dtype)  # (D, 3D): [q | k | v]
+            params[b + "proj.weight"] = wproj.astype(dtype)
     return params
+
+
+def _factor(product: np.ndarray, perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two (D, D) matrices L, R with L @ R = product: the SVD U S V^T split as (U sqrt S)(sqrt S V^T).
+
+    The singular directions are shuffled by perm (the same for both factors, so the product
+    stays) so that each head, which owns D/H consecutive columns of L, gets a mix of them
+    rather than the largest or the smallest."""
+    u, s, vt = np.linalg.svd(product)
+    root = np.sqrt(s)
+    return (u * root)[:, perm], (root[:, None] * vt)[perm]
+
+
+def mimetic_attention_weights(D: int, rng) -> tuple[np.ndarray, ...]:
+    """W_q, W_k, W_v, W_proj, each (D, D), float64, for tokens as rows (q = x W_q):
+
+        W_q W_k^T = alpha_qk Z1 + beta_qk I   every token's query points at its own key
+                                              (summed over heads), as in trained attention
+        W_v W_proj = alpha_vo Z2 - beta_vo I  the value-output map is near minus the identity
+
+    with Z1, Z2 drawn N(0, 1/D) (MIMETIC holds the alphas and betas)."""
+    m, eye = MIMETIC, np.eye(D)
+    z1, z2 = rng.normal(0.0, 1.0 / math.sqrt(D), size=(2, D, D))
+    wq, wk_t = _factor(m["alpha_qk"] * z1 + m["beta_qk"] * eye, rng.permutation(D))
+    wv, wproj = _factor(m["alpha_vo"] * z2 - m["beta_vo"] * eye, rng.permutation(D))
+    return wq, wk_t.T, wv, wproj
 
 
 class BlockCache(NamedTuple):
@@ -142,10 +191,13 @@ def forward(cfg: ViTConfig, ops, params: dict, images):
     p = params
     x, c_patchify = ops.patchify_forward(images, cfg.patch_size)  # (B, N-1, P*P*C)
     x, c_patch = ops.linear_forward(x, p["patch_embed.weight"], p["patch_embed.bias"])  # (B, N-1, D)
+    pos = p["pos_embed"] if cfg.pos_embed == "learned" else _fixed_pos_embed(cfg, ops, p["patch_embed.weight"])
     if cfg.has_class_token:
-        x, c_embed = ops.embed_forward(x, p["cls_token"], p["pos_embed"])  # (B, N, D)
-    else:
-        x, c_embed = ops.pos_embed_forward(x, p["pos_embed"])  # (B, N, D), N = patches only
+        x, c_embed = ops.embed_forward(x, p["cls_token"], pos)  # (B, N, D)
+    elif pos is not None:
+        x, c_embed = ops.pos_embed_forward(x, pos)  # (B, N, D), N = patches only
+    else:  # "gap" with no position embedding: the patch tokens are the tokens
+        c_embed = None
     fc1_forward = ops.linear_gelu_tanh_forward if cfg.gelu == "tanh" else ops.linear_gelu_forward
     blocks = []
     for i in range(cfg.depth):
@@ -206,12 +258,21 @@ def backward(cfg: ViTConfig, ops, dlogits, cache: ModelCache) -> dict:
         dh, grads[b + "attn.qkv.weight"], grads[b + "attn.qkv.bias"] = ops.linear_backward(dh, c.qkv)
         dh, grads[b + "norm1.weight"], grads[b + "norm1.bias"] = ops.layernorm_backward(dh, c.norm1)
         dx = ops.add(dx, dh)
+    # a fixed table's gradient is computed by the shared layers and dropped here
     if cfg.has_class_token:
         dx, grads["cls_token"], grads["pos_embed"] = ops.embed_backward(dx, cache.embed)
-    else:
+    elif cache.embed is not None:
         dx, grads["pos_embed"] = ops.pos_embed_backward(dx, cache.embed)
     _, grads["patch_embed.weight"], grads["patch_embed.bias"] = ops.linear_backward(dx, cache.patch_embed)
     return {k: grads[k] for k in param_shapes(cfg)}  # forward order
+
+
+def _fixed_pos_embed(cfg: ViTConfig, ops, like):
+    """The fixed table of cfg.pos_embed as a backend array of like's dtype (N, D); None when
+    there is nothing to add (no embedding and no class token to prepend)."""
+    if cfg.pos_embed == "none" and not cfg.has_class_token:
+        return None
+    return ops.asarray(fixed_table(cfg), np.dtype(str(like.dtype)))
 
 
 def loss_and_grads(cfg: ViTConfig, ops, params: dict, images, labels, label_smoothing: float = 0.0):
@@ -253,6 +314,7 @@ class ViT:
     """A Vision Transformer with a hand-written backward pass.
 
     model = ViT(cfg, seed=0, dtype=np.float32, backend="numpy")
+    model = ViT(cfg, attention_init="mimetic")    # qkv and proj from mimetic_attention_weights
     model.params                                  # name -> array; an optimiser step replaces the dict
     logits = model.forward(images)                # (B, H, W, C) -> (B, K)
     logits, probs = model.forward(images, return_attention=True)   # probs: per block (B, H, N, N)
@@ -264,7 +326,7 @@ class ViT:
     """
 
     def __init__(self, cfg: ViTConfig, seed: int = 0, dtype=np.float32, backend: str = "numpy", params=None,
-                 normalization=None):  # fmt: skip
+                 normalization=None, attention_init: str = "xavier"):  # fmt: skip
         if not isinstance(cfg, ViTConfig):
             raise TypeError(f"cfg must be a ViTConfig, got {type(cfg).__name__}")
         dtype = np.dtype(dtype)
@@ -274,7 +336,8 @@ class ViT:
         self.backend = get_backend(backend)
         self.backend.use_dtype(dtype)
         if params is None:
-            self.params = {k: self.backend.asarray(v, dtype) for k, v in init_params(cfg, seed, dtype).items()}
+            fresh = init_params(cfg, seed, dtype, attention_init)
+            self.params = {k: self.backend.asarray(v, dtype) for k, v in fresh.items()}
         else:
             self.params = self._checked_params(params)
         self.normalization = None if normalization is None else Normalization.of(normalization)

@@ -37,6 +37,7 @@ from .checkpoint import savez_atomic
 from .config import ViTConfig
 from .errors import UsageError
 from .model import Normalization, ViT, param_shapes
+from .posembed import pos_embed_table
 from .resolution import resize_pos_embed
 from .tensorfile import NPZ, CheckpointError, TensorFile
 
@@ -324,7 +325,7 @@ def identify(tf: TensorFile, heads=None) -> Source:
         except (json.JSONDecodeError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: a tinyvit checkpoint with a malformed config or state: {e}") from e
         norm = Normalization(tuple(state["mean"]), tuple(state["std"])) if "mean" in state and "std" in state else None
-        ignored = frozenset(k for k in shapes if k in ("config", "state") or k.startswith("opt/"))
+        ignored = frozenset(k for k in shapes if k in ("config", "state") or k.startswith(("opt/", "ema/")))
         return Source(TINYVIT, cfg, tinyvit_layout(cfg), "", ignored, norm)
     if tf.kind == NPZ:
         prefix = "opt/target/" if any(k.startswith("opt/target/") for k in shapes) else ""
@@ -449,11 +450,15 @@ def save_official(model: ViT, path, numbering: str = "legacy") -> Path:
     numbering "legacy" writes the released files' module names (LayerNorm_0,
     MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3); "linen" today's flax names.
     The official code computes GELU in its tanh form: a model with gelu="erf" is
-    written all the same, and its logits there differ slightly from tinyvit's.
+    written all the same, and its logits there differ slightly from tinyvit's. A fixed
+    position embedding (pos_embed "sincos2d" or "none") is written as the table it adds,
+    so the file loads as a model with a learned one and the same logits.
     """
     if numbering not in BLOCK_MODULES:
         raise ValueError(f"numbering must be one of {sorted(BLOCK_MODULES)}, got {numbering!r}")
     params = model.numpy_params()
+    if "pos_embed" not in params:  # a fixed table is written as the learned one it equals
+        params["pos_embed"] = pos_embed_table(model.cfg, params).astype(model.dtype)
     arrays = {}
     for e in official_layout(model.cfg, numbering):
         for key, a in zip(e.keys, e.to_file(params[e.name])):

@@ -5,7 +5,8 @@ the patch size stays, so the grid of patches grows, and the learned position
 embedding of the old grid is interpolated in 2-D to the new grid. The class
 token's row has no place on the grid and is kept as it is. The trainer uses the
 same step for progressive resolution: train small, then grow (the images are
-resized by tinyvit.data.base.resize_images).
+resized by tinyvit.data.base.resize_images). A fixed position embedding
+(pos_embed "sincos2d" or "none") is not a parameter and needs nothing here.
 """
 
 from __future__ import annotations
@@ -39,5 +40,7 @@ def params_at_resolution(params: dict, cfg: ViTConfig, image_size: int) -> tuple
     """A config at `image_size` and a copy of params whose pos_embed fits it."""
     new_cfg = cfg.replace(image_size=image_size)
     out = dict(params)
+    if "pos_embed" not in params:  # a fixed table (tinyvit.posembed) is rebuilt for any grid
+        return new_cfg, out
     out["pos_embed"] = resize_pos_embed(np.asarray(params["pos_embed"]), new_cfg.grid_size, cfg.has_class_token)
     return new_cfg, out

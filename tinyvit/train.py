@@ -49,19 +49,22 @@ from .backend import (
     get_backend,
 )
 from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .config import PRESETS, ViTConfig, get_preset
+from .config import CLASSIFIERS, POS_EMBEDS, PRESETS, ViTConfig, get_preset
 from .data.base import Dataset, resize_images
+from .ema import ema_decay, ema_start, ema_update
 from .errors import UsageError
 from .evaluate import evaluate_arrays
-from .model import ViT, count_params
+from .model import ATTENTION_INITS, ViT, count_params
 from .optim import SGD, AdamW, AdamWHyper, lr_at
+from .prefetch import Prefetch
 from .pretrained import load_pretrained, read_config
 from .resolution import params_at_resolution
 from .threads import set_threads
 
 MODEL_FLAGS = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim")
+MODEL_CHOICES = {"pos_embed": POS_EMBEDS, "classifier": CLASSIFIERS}  # ViTConfig's options the flags can set
 # Options that may differ on --resume without changing what is computed.
-RUN_FLAGS = ("resume", "max_minutes", "max_steps", "threads", "backend", "progress", "out", "data_dir",
+RUN_FLAGS = ("resume", "max_minutes", "max_steps", "threads", "backend", "progress", "out", "data_dir", "prefetch",
              "devices", "shard_params", "coordinator", "num_processes", "process_id")
 
 
@@ -84,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", default="cifar-narrow", choices=sorted(PRESETS))
     for name in MODEL_FLAGS:
         g.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"override the preset's {name}")
+    g.add_argument("--pos-embed", default=None, choices=POS_EMBEDS,
+                   help="position embedding: learned (the presets'), sincos2d (fixed 2-D sines and cosines) or none")
+    g.add_argument("--classifier", default=None, choices=CLASSIFIERS,
+                   help="what the head reads: the class token (the presets'), or gap, the mean of all tokens")
+    g.add_argument("--init-attention", default="xavier", choices=ATTENTION_INITS,
+                   help="qkv and proj weights: xavier, or mimetic (W_q W_k^T near +identity, W_v W_proj near -identity)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     g.add_argument("--init", default=None, metavar="PATH",
                    help="start from a pretrained checkpoint (official .npz, timm .safetensors, tinyvit .npz): "
@@ -103,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-norm", type=float, default=1.0, help="global gradient norm limit (0: off)")
     g.add_argument("--progressive", default="", metavar="SIZE:EPOCHS,...",
                    help="train the first epochs at lower resolutions, e.g. 16:3,24:2 (then --image-size)")
+    g.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="keep a moving average of the weights with this decay (e.g. 0.999), evaluated and saved beside them (0: off)")
+    g.add_argument("--eval-flip", action="store_true", help="evaluate on each test image and its mirror image, logits averaged")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--backend", default=None, choices=backend_names(), help=f"default: {default_backend_description()}")
@@ -111,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall-clock, then evaluate and save")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in total")
+    g.add_argument("--prefetch", type=int, default=2, metavar="N",
+                   help="prepare the next N batches in a background thread (0: on the main thread); the steps are the same")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress output (a bar on a terminal, else a line every 5%% of an epoch)")
     g = p.add_argument_group("scale-out (--backend jax; see docs/scaling.md)")
     g.add_argument("--devices", type=int, default=None, help="use the first N devices (default: every device JAX finds)")
@@ -331,6 +345,10 @@ def check_options(args, cfg: ViTConfig) -> list[tuple[int, int]]:
         raise UsageError(f"--lr must be positive, got {args.lr}")
     if not 0.0 <= args.momentum < 1.0:
         raise UsageError(f"--momentum must be in [0, 1), got {args.momentum}")
+    if not 0.0 <= args.ema < 1.0:
+        raise UsageError(f"--ema must be in [0, 1) (0: off), got {args.ema}")
+    if args.prefetch < 0:
+        raise UsageError(f"--prefetch must be >= 0, got {args.prefetch}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     for name in ("clip_norm", "weight_decay", "warmup_epochs", "min_lr", "max_steps", "max_minutes"):
@@ -369,7 +387,8 @@ def build_step(run: Run, cfg: ViTConfig, params=None, optimizer_state=None) -> H
     `jax`: one compiled step over the run's device mesh (tinyvit.distributed.JaxStep);
     every other backend: HostStep."""
     a = run.args
-    model = ViT(cfg, seed=a.seed, dtype=a.dtype, backend=run.backend, params=params, normalization=(run.mean, run.std))
+    model = ViT(cfg, seed=a.seed, dtype=a.dtype, backend=run.backend, params=params, normalization=(run.mean, run.std),
+                attention_init=a.init_attention)  # fmt: skip
     if run.mesh is not None:
         from .distributed import JaxStep
 
@@ -387,8 +406,9 @@ def build_step(run: Run, cfg: ViTConfig, params=None, optimizer_state=None) -> H
     return HostStep(model, optimizer, a.label_smoothing)
 
 
-def set_up(args) -> tuple[Run, Position, HostStep]:
-    """Check the options, resume or start, load the data: the run, where it stands and its step."""
+def set_up(args) -> tuple[Run, Position, HostStep, dict | None]:
+    """Check the options, resume or start, load the data: the run, where it stands, its step and
+    (with --ema) the moving average of the parameters, as backend arrays."""
     from .data import load_dataset
 
     out = Path(args.out or f"runs/{args.data.replace(':', '_').replace('/', '_')}")
@@ -442,7 +462,19 @@ def set_up(args) -> tuple[Run, Position, HostStep]:
         step = build_step(run, init.cfg, init.numpy_params())
     else:
         step = build_step(run, cfg.replace(image_size=run.size_for_epoch(0)))
-    return run, position, step
+    return run, position, step, start_ema(run, step, ck)
+
+
+def start_ema(run: Run, step: HostStep, ck) -> dict | None:
+    """With --ema: the checkpoint's moving average (resume), else one equal to the parameters; else None."""
+    if not run.args.ema:
+        return None
+    ops, params = step.model.backend, step.model.params
+    if ck is None:
+        return ema_start(ops, params)
+    if set(ck.ema) != set(params):
+        raise UsageError(f"{run.ckpt_path} holds no moving average of every parameter to resume --ema from")
+    return {k: ops.asarray(np.asarray(ck.ema[k]), step.model.dtype) for k in params}
 
 
 def scale_out(args, backend: Backend):
@@ -475,7 +507,8 @@ def model_config(args, ck) -> ViTConfig:
     if ck is not None and "final_config" in ck.state:  # whatever the flags or the --init file say now
         return ViTConfig.from_dict(ck.state["final_config"])
     if args.init:
-        fixed = [k for k in MODEL_FLAGS if k not in ("image_size", "heads") and getattr(args, k) is not None]
+        fixed = [k for k in (*MODEL_FLAGS, *MODEL_CHOICES) if k not in ("image_size", "heads") and getattr(args, k) is not None]
+        fixed += ["init_attention"] if args.init_attention != "xavier" else []
         if fixed:
             raise UsageError(f"--init takes the model's shape from {args.init}; "
                              + ", ".join(f"--{k.replace('_', '-')}" for k in fixed) + " cannot change it")  # fmt: skip
@@ -485,23 +518,29 @@ def model_config(args, ck) -> ViTConfig:
                 raise UsageError(f"--image-size {args.image_size} must be a multiple of {args.init}'s patch size {cfg.patch_size}")
             cfg = cfg.replace(image_size=args.image_size)
         return cfg
-    overrides = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in (*MODEL_FLAGS, *MODEL_CHOICES) if getattr(args, k) is not None}
     try:
         return get_preset(args.preset, **overrides)
     except ValueError as e:  # the config's own checks, of values the user chose
         raise UsageError(f"the model options do not fit together: {e}") from e
 
 
-def step_at_resolution(run: Run, step: HostStep, size: int) -> HostStep:
-    """The same step, or (progressive resolution) one whose model takes `size`-pixel images:
-    pos_embed interpolated to the new grid, its optimiser moments started afresh, the rest kept."""
+def step_at_resolution(run: Run, step: HostStep, ema: dict | None, size: int) -> tuple[HostStep, dict | None]:
+    """The same step and moving average, or (progressive resolution) ones whose model takes
+    `size`-pixel images: a learned pos_embed interpolated to the new grid (in the average too),
+    its optimiser moments started afresh, the rest kept."""
     if step.model.cfg.image_size == size:
-        return step
+        return step, ema
     cfg, params = params_at_resolution(step.host_params(), run.cfg, size)
     moments = step.optimizer_state()
     for k in [k for k in moments if k.endswith("/pos_embed")]:  # AdamW's m and v, SGD's momentum
         moments[k] = np.zeros(params["pos_embed"].shape, np.float32)
-    return build_step(run, cfg, params, moments)
+    step = build_step(run, cfg, params, moments)
+    if ema is not None:
+        ops = step.model.backend
+        _, host = params_at_resolution({k: ops.to_numpy(v) for k, v in ema.items()}, run.cfg, size)
+        ema = {k: ops.asarray(host[k], step.model.dtype) for k in params}
+    return step, ema
 
 
 # -- one epoch ---------------------------------------------------------------------------------
@@ -599,10 +638,13 @@ def stop_reason(args, position: Position, stopper: Stopper, start_time: float) -
     return None
 
 
-def train_epoch(run: Run, step: HostStep, position: Position, stopper: Stopper, start_time: float) -> EpochStats:
-    """The steps of epoch `position.epoch` from batch `position.batch` on, until its end or a stop.
+def train_epoch(run: Run, step: HostStep, ema: dict | None, position: Position, stopper: Stopper,
+                start_time: float) -> tuple[EpochStats, dict | None]:  # fmt: skip
+    """The steps of epoch `position.epoch` from batch `position.batch` on, until its end or a stop;
+    returns the epoch's figures and the moving average (--ema) after its last step.
 
-    Advances `position` after every step; at the epoch's end, to the next epoch."""
+    Advances `position` after every step; at the epoch's end, to the next epoch. The batches
+    are made --prefetch ahead in a background thread (tinyvit.prefetch): the same batches."""
     args, epoch, size = run.args, position.epoch, step.model.cfg.image_size
     train_images, _ = run.images_at(size)
     order = np.random.default_rng([args.seed, epoch]).permutation(len(run.ds.train_labels))
@@ -610,44 +652,58 @@ def train_epoch(run: Run, step: HostStep, position: Position, stopper: Stopper, 
     t_epoch = time.perf_counter()
     progress = Progress(f"epoch {epoch + 1}/{args.epochs} {size}px", run.steps_per_epoch, position.batch,
                         args.progress and run.writer)  # fmt: skip
-    for b in range(position.batch, run.steps_per_epoch):
-        stats.stop = stop_reason(args, position, stopper, start_time)
-        if stats.stop:
-            break
-        images, labels = run.batch(epoch, b, order, train_images, step.model.dtype)
-        lr = run.lr(position.step + 1)
-        try:
-            result = step(images, labels, lr)
-        except FloatingPointError as e:
-            progress.close()
-            raise NonFiniteLoss(f"step {position.step + 1} (epoch {epoch + 1}, batch {b + 1}): {e}; "
-                                f"stopped without saving; {_kept(run.ckpt_path)}") from e  # fmt: skip
-        position.step, position.batch = position.step + 1, b + 1
-        stats.add(result, len(labels) * run.processes, lr)  # the results are of the global batch
-        progress.update(stats)
+    make = lambda b: run.batch(epoch, b, order, train_images, step.model.dtype)
+    with Prefetch(make, range(position.batch, run.steps_per_epoch), args.prefetch) as batches:
+        for b in range(position.batch, run.steps_per_epoch):
+            stats.stop = stop_reason(args, position, stopper, start_time)
+            if stats.stop:
+                break
+            images, labels = next(batches)
+            lr = run.lr(position.step + 1)
+            try:
+                result = step(images, labels, lr)
+            except FloatingPointError as e:
+                progress.close()
+                raise NonFiniteLoss(f"step {position.step + 1} (epoch {epoch + 1}, batch {b + 1}): {e}; "
+                                    f"stopped without saving; {_kept(run.ckpt_path)}") from e  # fmt: skip
+            position.step, position.batch = position.step + 1, b + 1
+            if ema is not None:
+                ema = ema_update(step.model.backend, ema, step.model.params, ema_decay(position.step, args.ema))
+            stats.add(result, len(labels) * run.processes, lr)  # the results are of the global batch
+            progress.update(stats)
     progress.close()
     stats.seconds = time.perf_counter() - t_epoch
     if position.batch >= run.steps_per_epoch:
         position.epoch, position.batch = epoch + 1, 0
-    return stats
+    return stats, ema
 
 
 # -- end of an epoch ---------------------------------------------------------------------------
 
 
-def end_epoch(run: Run, step: HostStep, position: Position, stats: EpochStats, epoch: int, start_time: float) -> dict:
-    """Evaluate on the test split, append the epoch's metrics to OUT/metrics.jsonl, write the
-    checkpoint, print one line; returns the metrics."""
+def end_epoch(run: Run, step: HostStep, ema: dict | None, position: Position, stats: EpochStats, epoch: int,
+              start_time: float) -> dict:  # fmt: skip
+    """Evaluate on the test split (and the moving average, with --ema), append the epoch's
+    metrics to OUT/metrics.jsonl, write the checkpoint, print one line; returns the metrics."""
     args, ds, model = run.args, run.ds, step.model
     _, test_images = run.images_at(model.cfg.image_size)
-    test_loss, test_acc, _ = evaluate_arrays(model, test_images, ds.test_labels, run.mean, run.std)
+    test_loss, test_acc, _ = evaluate_arrays(model, test_images, ds.test_labels, run.mean, run.std, flip=args.eval_flip)
+    ema_metrics = {}
+    if ema is not None:
+        trained, model.params = model.params, ema  # evaluate the average with the same compiled model
+        try:
+            loss, acc, _ = evaluate_arrays(model, test_images, ds.test_labels, run.mean, run.std, flip=args.eval_flip)
+        finally:
+            model.params = trained
+        ema_metrics = {"ema_test_loss": loss, "ema_test_acc": acc}
     position.elapsed_s = time.perf_counter() - start_time
     train_loss, train_acc = stats.read()
     metrics = {"epoch": epoch + 1, "step": position.step, "image_size": model.cfg.image_size, "lr": stats.lr,
                "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
                "images_per_s": stats.seen / max(stats.seconds, 1e-9), "elapsed_min": position.elapsed_s / 60,
-               "partial_epoch": position.batch != 0}  # fmt: skip
+               "partial_epoch": position.batch != 0, **ema_metrics}  # fmt: skip
     params, moments = step.host_params(), step.optimizer_state()  # with several processes, all gather
+    host_ema = None if ema is None else {k: model.backend.to_numpy(v) for k, v in ema.items()}
     if not run.writer:
         return metrics
     with open(run.out / "metrics.jsonl", "a") as f:
@@ -655,9 +711,10 @@ def end_epoch(run: Run, step: HostStep, position: Position, stats: EpochStats, e
     meta = {**asdict(position), "options": _options(args), "seed": args.seed, "dtype": args.dtype,
             "class_names": ds.class_names, "mean": run.mean.tolist(), "std": run.std.tolist(), "data": args.data,
             "final_config": run.cfg.to_dict()}  # fmt: skip
-    save_checkpoint(run.ckpt_path, params, model.cfg, meta, moments)
+    save_checkpoint(run.ckpt_path, params, model.cfg, meta, moments, host_ema)
     trained = f"train loss {train_loss:.4f} acc {train_acc:.4f}" if stats.seen else "no steps"
-    print(f"epoch {epoch + 1}: {trained} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
+    averaged = f" | ema acc {ema_metrics['ema_test_acc']:.4f}" if ema_metrics else ""
+    print(f"epoch {epoch + 1}: {trained} | test loss {test_loss:.4f} acc {test_acc:.4f}{averaged} | "
           f"{position.elapsed_s / 60:.1f} min", file=sys.stderr)  # fmt: skip
     return metrics
 
@@ -667,7 +724,7 @@ def end_epoch(run: Run, step: HostStep, position: Position, stats: EpochStats, e
 
 def train(args) -> dict:
     """Run training as the parsed args say; returns the summary (also written to OUT/summary.json)."""
-    run, position, step = set_up(args)
+    run, position, step, ema = set_up(args)
     run.out.mkdir(parents=True, exist_ok=True)
     ds, cfg = run.ds, run.cfg
     where = f"{run.threads} threads" if run.mesh is None else \
@@ -682,9 +739,9 @@ def train(args) -> dict:
     with Stopper() as stopper:
         while position.epoch < args.epochs and stop is None:
             epoch = position.epoch
-            step = step_at_resolution(run, step, run.size_for_epoch(epoch))
-            stats = train_epoch(run, step, position, stopper, start_time)
-            metrics = end_epoch(run, step, position, stats, epoch, start_time)
+            step, ema = step_at_resolution(run, step, ema, run.size_for_epoch(epoch))
+            stats, ema = train_epoch(run, step, ema, position, stopper, start_time)
+            metrics = end_epoch(run, step, ema, position, stats, epoch, start_time)
             stop = stats.stop
     return finish(run, position, metrics, stop)
 
@@ -692,6 +749,7 @@ def train(args) -> dict:
 def finish(run: Run, position: Position, metrics: dict, stop: str | None) -> dict:
     """Write OUT/summary.json, print the last line, return the summary."""
     summary = {"test_acc": metrics.get("test_acc"), "test_loss": metrics.get("test_loss"),
+               **{k: metrics[k] for k in ("ema_test_acc", "ema_test_loss") if k in metrics},
                "epochs_done": position.epoch, "steps": position.step, "minutes": position.elapsed_s / 60,
                "stopped": stop, "checkpoint": str(run.ckpt_path), "backend": run.backend.name,
                "params": count_params(run.cfg)}  # fmt: skip
