@@ -42,6 +42,14 @@ OPS = {
                   [(2, 5, 24)]),
     "class_token": (lambda o, x: o.class_token_forward(x), lambda o, d, c: (o.class_token_backward(d, c),),
                     [(2, 5, 8)]),
+    # the options of the official checkpoints (ViTConfig.gelu, .classifier, .pre_logits)
+    "linear_gelu_tanh": (lambda o, x, w, b: o.linear_gelu_tanh_forward(x, w, b),
+                         lambda o, d, c: o.linear_gelu_tanh_backward(d, c), [(2, 5, 8), (8, 12), (12,)]),
+    "pos_embed": (lambda o, x, pos: o.pos_embed_forward(x, pos), lambda o, d, c: o.pos_embed_backward(d, c),
+                  [(2, 4, 8), (4, 8)]),
+    "token_mean": (lambda o, x: o.token_mean_forward(x), lambda o, d, c: (o.token_mean_backward(d, c),),
+                   [(2, 5, 8)]),
+    "tanh": (lambda o, x: o.tanh_forward(x), lambda o, d, c: (o.tanh_backward(d, c),), [(2, 6)]),
 }  # fmt: skip
 
 
@@ -181,6 +189,29 @@ def test_whole_model_matches_the_specification(backend, dtype, reference):
         _check(f"attention maps of block {i}", got, want, dtype)
     after = model.numpy_params()
     assert all(np.array_equal(before[k], after[k]) for k in before), "loss_and_grads changed a parameter"
+
+
+# The official checkpoints' options all on: tanh GELU, no class token with mean pooling, pre_logits.
+OPTIONS = CFG.replace(gelu="tanh", classifier="gap", pre_logits=5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_whole_model_with_the_official_options_matches_the_specification(backend, dtype):
+    """Loss, logits and every gradient of a ViT with gelu="tanh", classifier="gap" and pre_logits."""
+    params = perturbed_params(OPTIONS)
+    images, labels = batch(OPTIONS)
+    want_loss, want_grads, want_logits = ViT(OPTIONS, dtype=np.float64, params=params).loss_and_grads(
+        images, labels, 0.1, return_logits=True)  # fmt: skip
+    model = ViT(OPTIONS, dtype=dtype, backend=backend, params=params)
+    ops = model.backend
+    loss, grads, logits = model.loss_and_grads(images, labels, 0.1, return_logits=True)
+    _check("loss", float(loss), float(want_loss), dtype)
+    _check("logits", _host(ops, logits), want_logits, dtype)
+    assert list(grads) == list(want_grads), "gradients must come in the parameters' order"
+    bad = {k: f"{error(_host(ops, grads[k]), w, dtype):.2e}" for k, w in want_grads.items()
+           if not close(_host(ops, grads[k]), w, dtype)}  # fmt: skip
+    assert not bad, f"gradients off the specification: {bad}"
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)

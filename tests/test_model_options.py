@@ -3,18 +3,18 @@ class token ("gap"), and pre_logits (dense + tanh), in every backend.
 
 - Each new layer of the specification against finite differences in float64 (tests/gradcheck.py).
 - The whole model with all options on: gradients along random directions, float64.
-- The numba kernels and the CUDA kernels (under the simulator without a GPU, tiny shapes and
-  small blocks) against the specification: float64 to 1e-12 (the order of sums is all that
-  differs), float32 to 1e-5 of the largest value (a few float32 roundings).
-- The numba and CUDA models with all options: loss, logits and every gradient against numpy.
+
+The numba, CUDA (under the simulator without a GPU) and JAX versions of these ops, and the
+whole model with every option on, are checked against the specification with every other op
+in tests/test_conformance.py.
 """
 
 import numpy as np
 import pytest
+from backends import batch, perturbed_params
 from gradcheck import STEP, TOLERANCE, check_layer, directional_errors
 
 from tinyvit import layers
-from tinyvit.backend import get_backend
 from tinyvit.config import PRESETS, ViTConfig
 from tinyvit.model import ViT, count_params, param_shapes
 
@@ -106,20 +106,9 @@ def test_options_survive_a_config_round_trip():
     assert ViTConfig.from_dict(old) == PRESETS["testing"]  # checkpoints from before the options
 
 
-def perturbed(cfg, seed=0):
-    """Parameters away from init: the zero head would hide every other gradient."""
-    rng = np.random.default_rng(seed)
-    return {k: v + 0.1 * rng.normal(size=v.shape) for k, v in ViT(cfg, seed=seed, dtype=np.float64).numpy_params().items()}
-
-
-def batch(cfg, seed=0, size=3):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(size, cfg.image_size, cfg.image_size, cfg.channels)), rng.integers(0, cfg.num_classes, size)
-
-
 @pytest.mark.parametrize("cfg", [OPTIONS, PRESETS["testing"].replace(gelu="tanh", pre_logits=6)], ids=["gap", "token"])
 def test_model_with_options_gradients_match_finite_differences(cfg):
-    model = ViT(cfg, dtype=np.float64, params=perturbed(cfg))
+    model = ViT(cfg, dtype=np.float64, params=perturbed_params(cfg, scale=0.1))
     images, labels = batch(cfg)
     _, grads = model.loss_and_grads(images, labels, label_smoothing=0.1)
     params = {k: v for k, v in model.params.items()}  # numpy backend: live arrays the check perturbs
@@ -131,91 +120,3 @@ def test_model_with_options_gradients_match_finite_differences(cfg):
     errors = directional_errors(loss, params, grads, h=STEP["model"], seed=3)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= TOLERANCE["model"], f"{worst}: relative error {errors[worst]:.2e}"
-
-
-# -- the compiled backends against the specification ------------------------------------------------
-
-OPS = [  # (name, forward args as shapes, index of array args carrying gradients)
-    ("linear_gelu_tanh", [(2, 3, 4), (4, 6), (6,)]),
-    ("pos_embed", [(3, 5, 4), (5, 4)]),
-    ("token_mean", [(3, 5, 4)]),
-    ("tanh", [(4, 6)]),
-]
-
-
-def rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-
-
-def compare_op(backend, name, shapes, dtype, tol, seed=0):
-    spec, other = get_backend("numpy"), get_backend(backend)
-    inputs = rng_arrays(seed, *shapes)
-    want, cache = getattr(spec, name + "_forward")(*inputs)
-    dout = np.random.default_rng(seed + 1).normal(size=want.shape)
-    want_grads = getattr(spec, name + "_backward")(dout, cache)
-    want_grads = want_grads if isinstance(want_grads, tuple) else (want_grads,)
-    got, cache = getattr(other, name + "_forward")(*(other.asarray(a, dtype) for a in inputs))
-    got_grads = getattr(other, name + "_backward")(other.asarray(dout, dtype), cache)
-    got_grads = got_grads if isinstance(got_grads, tuple) else (got_grads,)
-    assert rel(other.to_numpy(got), want) < tol, f"{backend} {name} forward"
-    assert len(got_grads) == len(want_grads)
-    for i, (g, w) in enumerate(zip(got_grads, want_grads)):
-        g = other.to_numpy(g)
-        assert g.shape == w.shape and g.dtype == np.dtype(dtype), f"{backend} {name} gradient {i}: {g.shape} {g.dtype}"
-        assert rel(g, w) < tol, f"{backend} {name} gradient {i} differs by {rel(g, w):.2e}"
-
-
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
-@pytest.mark.parametrize("name,shapes", OPS, ids=[o[0] for o in OPS])
-def test_numba_option_kernels_match_the_specification(name, shapes, dtype, tol):
-    compare_op("numba", name, shapes, dtype, tol)
-
-
-@pytest.fixture
-def small_cuda_blocks(monkeypatch):
-    from tinyvit.kernels import cuda_common, cuda_matmul, cuda_reduce
-    from tinyvit.kernels.cuda_matmul import Blocking
-
-    monkeypatch.setattr(cuda_common, "ELEMENT_THREADS", 16)  # several blocks even for these tiny arrays
-    monkeypatch.setattr(cuda_common, "ROW_THREADS", 4)
-    monkeypatch.setattr(cuda_reduce, "COLUMN_CHUNK_ROWS", 2)
-    monkeypatch.setattr(cuda_matmul, "BLOCKING", Blocking(bm=8, bn=8, bk=4, tm=2, tn=2))
-    monkeypatch.setattr(cuda_matmul, "BATCHED_BLOCKING", Blocking(bm=4, bn=4, bk=4, tm=2, tn=2))
-
-
-@pytest.mark.usefixtures("fast_simulator_barriers", "small_cuda_blocks")
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
-@pytest.mark.parametrize("name,shapes", OPS, ids=[o[0] for o in OPS])
-def test_cuda_option_kernels_match_the_specification(name, shapes, dtype, tol):
-    compare_op("cuda", name, shapes, dtype, tol)
-
-
-def compare_models(backend, cfg, dtype, tol, size=3):
-    params = perturbed(cfg, seed=5)
-    images, labels = batch(cfg, seed=5, size=size)
-    want_loss, want_grads, want_logits = ViT(cfg, dtype=np.float64, params=params).loss_and_grads(
-        images, labels, 0.1, return_logits=True)  # fmt: skip
-    model = ViT(cfg, dtype=dtype, backend=backend, params=params)
-    loss, grads, logits = model.loss_and_grads(images, labels, 0.1, return_logits=True)
-    assert abs(float(loss) - float(want_loss)) <= tol * abs(float(want_loss))
-    assert rel(logits, want_logits) < tol
-    bad = {k: rel(model.backend.to_numpy(grads[k]), w) for k, w in want_grads.items()}
-    assert max(bad.values()) < tol, {k: f"{v:.1e}" for k, v in bad.items() if v >= tol}
-
-
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-4)])
-def test_numba_model_with_options_matches_numpy(dtype, tol):
-    compare_models("numba", OPTIONS, dtype, tol)
-
-
-@pytest.mark.usefixtures("fast_simulator_barriers", "small_cuda_blocks")
-def test_cuda_model_with_options_matches_numpy():
-    """float64, one block and two images under the simulator (slow: every thread is a Python thread);
-    the float32 kernels are the same code, checked op by op above."""
-    compare_models("cuda", OPTIONS.replace(depth=1), np.float64, 1e-10, size=2)
-
-
-def test_jax_model_with_options_matches_numpy():
-    pytest.importorskip("jax", reason="the jax backend is optional: pip install -e '.[jax]'")
-    compare_models("jax", OPTIONS, np.float64, 1e-10)
