@@ -98,6 +98,17 @@ def test_timm_half_precision_files_are_widened_exactly(tmp_path):
     assert rel(model.forward(x), timm_logits(wide, s, x)) < TOL
 
 
+@pytest.mark.parametrize("pos_embed", ["sincos2d", "none"])
+def test_a_tinyvit_checkpoint_without_a_learned_table_loads_at_another_size(tmp_path, pos_embed):
+    cfg = get_preset("testing").replace(pos_embed=pos_embed)
+    model = ViT(cfg, seed=4, dtype=np.float64, backend="numpy")
+    save_checkpoint(tmp_path / "c.npz", model.numpy_params(), cfg, {"mean": [0.5] * 3, "std": [0.5] * 3})
+    bigger = load64(tmp_path / "c.npz", image_size=16)
+    assert bigger.cfg == cfg.replace(image_size=16) and "pos_embed" not in bigger.numpy_params()
+    for k, v in model.numpy_params().items():
+        np.testing.assert_array_equal(bigger.numpy_params()[k], v)
+
+
 def test_a_tinyvit_checkpoint_loads_with_its_normalisation(tmp_path):
     cfg = get_preset("testing")
     model = ViT(cfg, seed=4, dtype=np.float64, backend="numpy")

@@ -429,10 +429,11 @@ def load_pretrained(path, *, num_classes=None, image_size=None, backend=None, dt
                     or image_size % cfg.patch_size:  # fmt: skip
                 raise UsageError(f"image_size must be a positive multiple of the patch size {cfg.patch_size}, "
                                  f"got {image_size!r}")  # fmt: skip
-            old = _LazyParams(tf, src, {})["pos_embed"]
             cfg = cfg.replace(image_size=int(image_size))
-            made["pos_embed"] = resize_pos_embed(old, cfg.grid_size, has_class_token=cfg.has_class_token)
-            del old
+            if "pos_embed" in param_shapes(cfg):  # a learned table; a fixed one ("sincos2d") is made at any size
+                old = _LazyParams(tf, src, {})["pos_embed"]
+                made["pos_embed"] = resize_pos_embed(old, cfg.grid_size, has_class_token=cfg.has_class_token)
+                del old
         src.layout = [e for e in src.layout if e.name in param_shapes(cfg)]
         norm = normalization if normalization is not None else (src.normalization or UNIT_RANGE)
         try:
