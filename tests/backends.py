@@ -6,6 +6,8 @@
 - perturbed_params: a model's parameters moved well away from their initial values.
   At initialisation the head is zero and the norms are identity maps, so
   most gradients vanish and a wrong term could hide; these parameters hide nothing.
+- compare_models: a whole model's loss, logits and every gradient on one backend against
+  the specification's, in float64 or float32 (the `close` measure).
 - close: the one comparison against the float64 specification (gradcheck.rel_error),
   with the error's floor at the scale of the output: rounding scales with the terms
   that were summed, not with an entry that cancelled to near zero (the key part of a
@@ -61,3 +63,21 @@ def error(got, want, dtype) -> float:
 
 def close(got, want, dtype, tol=None) -> bool:
     return error(got, want, dtype) <= (tol or (FLOAT32_TOL if dtype == np.float32 else FLOAT64_TOL))
+
+
+def compare_models(backend, cfg, dtype=np.float64, size: int = 3, smoothing: float = 0.1) -> None:
+    """Assert that a ViT of `cfg` on `backend` gives the specification's loss, logits and every
+    gradient (perturbed parameters, one seeded batch of `size` images, label smoothing)."""
+    params = perturbed_params(cfg)
+    images, labels = batch(cfg, size=size)
+    want_loss, want_grads, want_logits = ViT(cfg, dtype=np.float64, params=params).loss_and_grads(
+        images, labels, smoothing, return_logits=True)  # fmt: skip
+    model = ViT(cfg, dtype=dtype, backend=backend, params=params)
+    ops = model.backend
+    loss, grads, logits = model.loss_and_grads(images, labels, smoothing, return_logits=True)
+    assert close(float(loss), float(want_loss), dtype), f"loss {float(loss)} against {float(want_loss)}"
+    assert close(np.asarray(ops.to_numpy(logits), np.float64), want_logits, dtype), "logits off the specification"
+    assert list(grads) == list(want_grads), "gradients must come in the parameters' order"
+    got = {k: np.asarray(ops.to_numpy(g), np.float64) for k, g in grads.items()}
+    bad = {k: f"{error(got[k], w, dtype):.2e}" for k, w in want_grads.items() if not close(got[k], w, dtype)}
+    assert not bad, f"gradients off the specification: {bad}"

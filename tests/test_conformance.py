@@ -13,7 +13,15 @@ from dataclasses import fields
 
 import numpy as np
 import pytest
-from backends import BACKENDS, FAST_BACKENDS, batch, close, error, perturbed_params
+from backends import (
+    BACKENDS,
+    FAST_BACKENDS,
+    batch,
+    close,
+    compare_models,
+    error,
+    perturbed_params,
+)
 
 from tinyvit import ViT, get_preset
 from tinyvit.backend import Backend, get_backend
@@ -199,19 +207,7 @@ OPTIONS = CFG.replace(gelu="tanh", classifier="gap", pre_logits=5)
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_whole_model_with_the_official_options_matches_the_specification(backend, dtype):
     """Loss, logits and every gradient of a ViT with gelu="tanh", classifier="gap" and pre_logits."""
-    params = perturbed_params(OPTIONS)
-    images, labels = batch(OPTIONS)
-    want_loss, want_grads, want_logits = ViT(OPTIONS, dtype=np.float64, params=params).loss_and_grads(
-        images, labels, 0.1, return_logits=True)  # fmt: skip
-    model = ViT(OPTIONS, dtype=dtype, backend=backend, params=params)
-    ops = model.backend
-    loss, grads, logits = model.loss_and_grads(images, labels, 0.1, return_logits=True)
-    _check("loss", float(loss), float(want_loss), dtype)
-    _check("logits", _host(ops, logits), want_logits, dtype)
-    assert list(grads) == list(want_grads), "gradients must come in the parameters' order"
-    bad = {k: f"{error(_host(ops, grads[k]), w, dtype):.2e}" for k, w in want_grads.items()
-           if not close(_host(ops, grads[k]), w, dtype)}  # fmt: skip
-    assert not bad, f"gradients off the specification: {bad}"
+    compare_models(backend, OPTIONS, dtype)
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)

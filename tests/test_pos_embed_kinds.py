@@ -11,9 +11,8 @@
 
 import numpy as np
 import pytest
-from backends import BACKENDS, batch, perturbed_params
+from backends import BACKENDS, batch, compare_models, perturbed_params
 from gradcheck import STEP, TOLERANCE, directional_errors
-from test_model_options import compare_models
 
 from tinyvit import ViT
 from tinyvit.checkpoint import load_checkpoint, save_checkpoint
@@ -114,9 +113,9 @@ def test_without_a_position_embedding_the_patch_order_does_not_matter():
 def test_every_backend_matches_the_specification(backend, cfg):
     """float64 loss, logits and gradients against numpy (cuda: one block, two images, as the simulator is slow)."""
     if backend == "cuda":
-        compare_models("cuda", cfg.replace(depth=1), np.float64, 1e-10, size=2)
+        compare_models("cuda", cfg.replace(depth=1), np.float64, size=2)
     else:
-        compare_models(backend, cfg, np.float64, 1e-10)
+        compare_models(backend, cfg, np.float64)
 
 
 @pytest.mark.parametrize("kind", ["sincos2d", "none"])
