@@ -3,7 +3,8 @@
     python -m tinyvit.visualize --checkpoint runs/cifar10/checkpoint.npz --image cat.jpg dog.png --out figures/
 
 writes five PNGs into the output folder, each a figure of Dosovitskiy et al.
-(ICLR 2021) drawn from the checkpoint's own model:
+(ICLR 2021) drawn from the checkpoint's own model (any checkpoint
+tinyvit.load_pretrained reads, with a class token):
 
     patches.png          the first image cut into patches, as the model reads it (figure 1, left)
     attention.png        the class token's attention in the last block, and attention rollout (figure 6)
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
         description="Draw the paper's figures 1, 6 and 7 for a trained checkpoint, as PNG files.",
     )
     parser.add_argument(
-        "--checkpoint", required=True, help="a .npz checkpoint written by tinyvit.train"
+        "--checkpoint", required=True, help="a checkpoint: tinyvit.train's, official (.npz) or timm (.safetensors)"
     )
     parser.add_argument(
         "--image",
@@ -210,29 +211,22 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("MPLBACKEND", "Agg")  # files only, no window
     from .data import normalize
-    from .evaluate import model_from_checkpoint
-    from .predict import load_image
+    from .predict import class_names_for, load_image
+    from .pretrained import load_pretrained
 
     try:
         plt = pyplot()
-        model, ck = model_from_checkpoint(args.checkpoint, args.backend)
-        cfg = ck.cfg
+        model = load_pretrained(args.checkpoint, backend=args.backend)
+        cfg = model.cfg
+        if not cfg.has_class_token:
+            raise UsageError(f"{args.checkpoint} pools its tokens (classifier='gap'): these figures read the class token")
         images = np.stack([load_image(f, cfg.image_size) for f in args.image])
-        if "mean" not in ck.state or "std" not in ck.state:
-            raise UsageError(
-                f"{args.checkpoint} holds no normalisation statistics (mean, std): not written by tinyvit.train"
-            )
+        names = class_names_for(args.checkpoint, cfg.num_classes)
     except (ImportError, UsageError) as e:  # a missing package or bad input; anything else is a bug
         print(f"error: {e}", file=sys.stderr)
         return 2
-    mean, std = (
-        np.asarray(ck.state["mean"], np.float32),
-        np.asarray(ck.state["std"], np.float32),
-    )
-    logits, probs = model.forward(
-        normalize(images, mean, std, dtype=model.dtype), return_attention=True
-    )
-    names = ck.state.get("class_names") or [str(k) for k in range(cfg.num_classes)]
+    mean, std = (np.asarray(v, np.float32) for v in model.normalization)
+    logits, probs = model.forward(normalize(images, mean, std, dtype=model.dtype), return_attention=True)
     params = model.numpy_params()
 
     figures = {
