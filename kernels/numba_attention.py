@@ -40,7 +40,7 @@ from numba import njit, prange
 from tinyvit.layers.attention import AttentionCache
 from tinyvit.threads import inner_blas_single_threaded
 
-from .numba_exp import exp32_inplace, exp_inplace
+from .numba_exp import exp_any_inplace, exp_inplace
 from .numba_linear import FASTMATH
 
 inner_blas_single_threaded()  # np.dot inside prange: the parallelism is numba's (tinyvit/threads.py)
@@ -248,9 +248,8 @@ def _scaled_q(qkv, b, h, N, Dh, scale):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def flash_forward(qkv, heads, block, exp_fn, bits, out, lse):
-    """qkv (B, N, 3D) -> out (B, N, D) and lse (B, H, N) float64, written. exp_fn(x, scratch) takes
-    exps in place; `bits` is an empty array of its scratch dtype (int64 for float64, int32 for float32)."""
+def flash_forward(qkv, heads, block, out, lse):
+    """qkv (B, N, 3D) -> out (B, N, D) and lse (B, H, N) float64, written."""
     B, N, three_d = qkv.shape
     D = three_d // 3
     Dh = D // heads
@@ -280,8 +279,7 @@ def flash_forward(qkv, heads, block, exp_fn, bits, out, lse):
                     l[i] *= rescale
                     for d in range(Dh):
                         acc[i, d] *= rescale
-                p = s.reshape(-1)
-                exp_fn(p, np.empty(p.size, dtype=bits.dtype))  # s now holds exp(score - m)
+                exp_any_inplace(s.reshape(-1))  # s now holds exp(score - m), in s's precision
                 for i in range(i1 - i0):
                     for j in range(j1 - j0):
                         l[i] += s[i, j]
@@ -294,19 +292,18 @@ def flash_forward(qkv, heads, block, exp_fn, bits, out, lse):
 
 
 @njit(fastmath=FASTMATH, cache=True, inline="always")
-def _probs_block(q, k, lse_row, i0, i1, j0, j1, exp_fn, bits):
+def _probs_block(q, k, lse_row, i0, i1, j0, j1):
     """probs[i0:i1, j0:j1] = exp(q k^T - lse), recomputed from the forward's log-sum-exp."""
     s = np.dot(q[i0:i1], k[j0:j1].T)
     for i in range(i1 - i0):
         for j in range(j1 - j0):
             s[i, j] -= lse_row[i0 + i]
-    p = s.reshape(-1)
-    exp_fn(p, np.empty(p.size, dtype=bits.dtype))
+    exp_any_inplace(s.reshape(-1))
     return s
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def flash_backward(dout, qkv, out, lse, block, exp_fn, bits, dqkv):
+def flash_backward(dout, qkv, out, lse, block, dqkv):
     """dout (B, N, D), the forward's qkv, out and lse -> dqkv (B, N, 3D), written."""
     B, heads, N = lse.shape
     D = dout.shape[2]
@@ -331,7 +328,7 @@ def flash_backward(dout, qkv, out, lse, block, exp_fn, bits, dqkv):
             i0, i1 = qb * size, min(N, (qb + 1) * size)
             for kb in range(count):
                 j0, j1 = kb * size, min(N, (kb + 1) * size)
-                p = _probs_block(q, k, lse[b, h], i0, i1, j0, j1, exp_fn, bits)  # (queries, keys)
+                p = _probs_block(q, k, lse[b, h], i0, i1, j0, j1)  # (queries, keys)
                 dv[j0:j1] += np.dot(p.T, do[i0:i1])
                 ds = np.dot(do[i0:i1], v[j0:j1].T)  # dprobs, then dscores in place
                 for i in range(i1 - i0):
@@ -347,7 +344,7 @@ def flash_backward(dout, qkv, out, lse, block, exp_fn, bits, dqkv):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def flash_probs(qkv, lse, exp_fn, bits, probs):
+def flash_probs(qkv, lse, probs):
     """The attention maps (B, H, N, N) recomputed from qkv and the forward's lse, written."""
     B, heads, N = lse.shape
     Dh = qkv.shape[2] // (3 * heads)
@@ -356,14 +353,7 @@ def flash_probs(qkv, lse, exp_fn, bits, probs):
         b, h = bh // heads, bh % heads
         q = _scaled_q(qkv, b, h, N, Dh, scale)
         k = _head_block(qkv, b, heads * Dh + h * Dh, N, Dh)
-        probs[b, h] = _probs_block(q, k, lse[b, h], 0, N, 0, N, exp_fn, bits)
-
-
-def _exp_for(dtype):
-    """The in-place exp for arrays of `dtype` and an empty array of its scratch dtype."""
-    if dtype == np.float32:
-        return exp32_inplace, np.empty(0, dtype=np.int32)
-    return exp_inplace, np.empty(0, dtype=np.int64)
+        probs[b, h] = _probs_block(q, k, lse[b, h], 0, N, 0, N)
 
 
 class FlashAttentionCache(NamedTuple):
@@ -378,7 +368,7 @@ class FlashAttentionCache(NamedTuple):
         """The attention probabilities (B, H, N, N), recomputed (what the lessons draw)."""
         B, H, N = self.lse.shape
         probs = np.empty((B, H, N, N), dtype=self.qkv.dtype)
-        flash_probs(self.qkv, self.lse, *_exp_for(self.qkv.dtype), probs)
+        flash_probs(self.qkv, self.lse, probs)
         return probs
 
 
@@ -390,7 +380,7 @@ def attention_forward(qkv, heads, block=BLOCK):
         raise ValueError(f"block must be at least 1, got {block}")
     out = np.empty((B, N, three_d // 3), dtype=qkv.dtype)
     lse = np.empty((B, heads, N), dtype=np.float64)
-    flash_forward(qkv, heads, block, *_exp_for(qkv.dtype), out, lse)
+    flash_forward(qkv, heads, block, out, lse)
     return out, FlashAttentionCache(qkv, out, lse, heads, block)
 
 
@@ -399,7 +389,7 @@ def attention_backward(dout, cache):
     qkv, out, lse, _, block = cache
     dqkv = np.empty_like(qkv)
     dout = np.ascontiguousarray(dout, dtype=qkv.dtype)
-    flash_backward(dout, qkv, out, lse, block, *_exp_for(qkv.dtype), dqkv)
+    flash_backward(dout, qkv, out, lse, block, dqkv)
     return dqkv
 
 

@@ -23,12 +23,14 @@ float64; `exp32_inplace`, the same construction in float32 arithmetic (16
 lanes of AVX-512 instead of 8: the GELU derivative of float32 training), with
 the Taylor series to r^7 (remainder < 1e-8 relative) and 2^n built as the bits
 of a float32, (n + 127) << 23. Its error is a few float32 ulps (< 1e-6 relative).
+`exp_any_inplace(x)` picks one of the two by x's dtype, inside compiled code.
 """
 
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from .numba_linear import FASTMATH
 
@@ -94,3 +96,16 @@ def exp32_inplace(x, bits):
         bits[i] = (np.int32(n) + np.int32(127)) << np.int32(23)  # the float32 2^n
     for i in range(x.size):
         x[i] *= two_n[i]
+
+
+def exp_any_inplace(x):
+    """x (n,) <- exp(x) for float32 or float64 x, choosing the version above by dtype when compiled."""
+    raise NotImplementedError("exp_any_inplace is for numba-compiled callers")
+
+
+@overload(exp_any_inplace, jit_options={"fastmath": FASTMATH, "cache": True})
+def _exp_any_inplace(x):
+    # resolved while compiling, once per dtype: a plain function of the caller, so the caller caches
+    if x.dtype == types.float32:
+        return lambda x: exp32_inplace(x, np.empty(x.size, dtype=np.int32))
+    return lambda x: exp_inplace(x, np.empty(x.size, dtype=np.int64))
