@@ -12,6 +12,10 @@ tinyvit.load_pretrained reads): its shape, weights and input normalisation, a
 new zero head for the data's classes, and by default the paper's fine-tuning
 optimiser (SGD with momentum 0.9, no weight decay, no label smoothing). A temporary file left
 beside the checkpoint by a run killed while saving is removed by the next run.
+With --ema a moving average of the weights is kept beside them, evaluated each
+epoch and saved in the checkpoint; --eval-flip evaluates each image and its mirror.
+The next batches are prepared in a background thread (--prefetch), which changes
+nothing but the speed.
 Ctrl-C, --max-minutes and --max-steps stop cleanly: evaluate, save, exit.
 A non-finite loss stops training with a message naming the step and keeps the
 last good checkpoint. --resume continues exactly where the checkpoint left off:
