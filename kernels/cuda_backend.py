@@ -26,6 +26,7 @@ Without a GPU the same kernels run under the CUDA simulator
 from numba import cuda
 
 from tinyvit.backend import Backend
+from tinyvit.errors import UsageError
 
 from . import cuda_elementwise as ew
 from . import cuda_head as head
@@ -36,6 +37,13 @@ from .cuda_layernorm import layernorm_backward, layernorm_forward
 from .cuda_linear import linear_backward, linear_forward
 from .cuda_loss import count_correct, cross_entropy_backward, cross_entropy_forward
 from .cuda_reduce import sum_of_squares
+
+
+def _no_rel_pos(*args):
+    """The relative position bias has no CUDA kernels yet."""
+    raise UsageError("the relative position bias (ViTConfig.rel_pos_bias, --rel-pos-bias) has no CUDA kernels yet: "
+                     "use --backend numba, numpy or jax")  # fmt: skip
+
 
 BACKEND = Backend(
     name="cuda",
@@ -66,6 +74,10 @@ BACKEND = Backend(
     token_mean_backward=head.token_mean_backward,
     tanh_forward=head.tanh_forward,
     tanh_backward=head.tanh_backward,
+    attention_bias_forward=_no_rel_pos,
+    attention_bias_backward=_no_rel_pos,
+    rel_pos_bias_forward=_no_rel_pos,
+    rel_pos_bias_backward=_no_rel_pos,
     cross_entropy_forward=cross_entropy_forward,
     cross_entropy_backward=cross_entropy_backward,
     count_correct=count_correct,

@@ -118,10 +118,11 @@ def test_model_gradients_match_finite_differences_entry_by_entry():
 def test_vitconfig_fields_and_defaults():
     """ViTConfig has exactly these fields, in this order, with these defaults (a CIFAR-sized ViT;
     the options of the official checkpoints off: exact GELU, class token, no pre_logits; a learned
-    position embedding)."""
+    position embedding and no relative position bias)."""
     expected = [("image_size", 32), ("patch_size", 4), ("channels", 3), ("dim", 192), ("depth", 6),
                 ("heads", 3), ("mlp_dim", 768), ("num_classes", 10),
-                ("gelu", "erf"), ("classifier", "token"), ("pre_logits", None), ("pos_embed", "learned")]  # fmt: skip
+                ("gelu", "erf"), ("classifier", "token"), ("pre_logits", None),
+                ("pos_embed", "learned"), ("rel_pos_bias", 0)]  # fmt: skip
     assert [(f.name, f.default) for f in dataclasses.fields(ViTConfig)] == expected
 
 

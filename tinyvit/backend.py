@@ -62,6 +62,10 @@ class Backend:
     token_mean_backward: Callable
     tanh_forward: Callable  # the activation of pre_logits
     tanh_backward: Callable
+    attention_bias_forward: Callable  # (qkv, bias (H, N, N), heads) -> (out, cache): scores + bias
+    attention_bias_backward: Callable  # (dout, cache) -> (dqkv, dbias)
+    rel_pos_bias_forward: Callable  # (table (H, 2K+1, 2K+1), grid, class_token) -> (bias (H, N, N), cache)
+    rel_pos_bias_backward: Callable  # (dbias, cache) -> dtable
     cross_entropy_forward: Callable  # (logits, labels, smoothing) -> (loss, a backend scalar; cache)
     cross_entropy_backward: Callable  # (dloss, cache) -> dlogits
     count_correct: Callable  # (logits (B, K), labels (B,)) -> how many argmaxes equal the label, a backend scalar

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 GELU_FORMS = ("erf", "tanh")
 CLASSIFIERS = ("token", "gap")
 POS_EMBEDS = ("learned", "sincos2d", "none")
-_OPTIONS = ("gelu", "classifier", "pre_logits", "pos_embed")  # checked on their own, not as positive integers
+_OPTIONS = ("gelu", "classifier", "pre_logits", "pos_embed", "rel_pos_bias")  # checked on their own, not as positive integers
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class ViTConfig:
     pos_embed   "learned": a trained (N, D) table (the paper); "sincos2d": a fixed table of
                 sines and cosines of each patch's row and column (big_vision's), not a
                 parameter, needs D divisible by 4; "none": no position information at all
+    rel_pos_bias K: a learned bias per head added to the attention scores for each row and
+                column offset between two patches, offsets clipped to [-K, K] (a table of
+                (2K+1)^2 numbers per head and block, the same at every resolution); 0: none
     """
 
     image_size: int = 32
@@ -51,6 +54,7 @@ class ViTConfig:
     classifier: str = "token"
     pre_logits: int | None = None
     pos_embed: str = "learned"
+    rel_pos_bias: int = 0
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -74,6 +78,9 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
         if self.pos_embed == "sincos2d" and (self.dim % 4 or self.dim < 8):
             raise ValueError(f"pos_embed 'sincos2d' needs dim divisible by 4 and at least 8, got dim {self.dim}")
+        k = self.rel_pos_bias
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"ViTConfig.rel_pos_bias must be an integer >= 0 (0: none), got {k!r}")
         p = self.pre_logits
         if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
             raise ValueError(f"ViTConfig.pre_logits must be None or a positive integer, got {p!r}")

@@ -74,6 +74,8 @@ STEP = {
     "gelu": H, "linear_gelu": H, "layernorm": H, "attention": H, "cross_entropy": H, "model": H,
     # the options of the official checkpoints (tests/test_model_options.py)
     "gelu_tanh": H, "linear_gelu_tanh": H, "tanh": H, "token_mean": LINEAR_H, "pos_embed": LINEAR_H,
+    # the relative position bias (tests/test_rel_pos_bias.py)
+    "attention_bias": H, "rel_pos_bias": LINEAR_H,
 }  # fmt: skip
 
 # The worst rel_error each check may show; WHY says why. The nonlinear ones are set by rare gradient
@@ -85,6 +87,9 @@ TOLERANCE = {
     "gelu": 1e-5, "linear_gelu": 3e-4, "layernorm": 1e-4, "attention": 3e-4, "cross_entropy": 1e-4,
     "model": 1e-6,
     "gelu_tanh": 1e-5, "linear_gelu_tanh": 3e-4, "tanh": 1e-7, "token_mean": 1e-12, "pos_embed": 1e-10,
+    # attention_bias is attention's softmax with one more linear input: attention's bound; the
+    # gather of rel_pos_bias is linear, a product with a 0/1 matrix: only output rounding is left
+    "attention_bias": 3e-4, "rel_pos_bias": 1e-10,
 }  # fmt: skip
 
 

@@ -17,7 +17,8 @@ in its tanh form; `classifier="gap"` has no class token (pos_embed covers the
 patches alone) and pools by the mean over all tokens after the final LayerNorm;
 `pre_logits=R` puts a dense layer of width R and a tanh before the head.
 `pos_embed="sincos2d"` adds a fixed 2-D sine-cosine table instead of a learned one,
-`pos_embed="none"` adds nothing (tinyvit.posembed).
+`pos_embed="none"` adds nothing (tinyvit.posembed). `rel_pos_bias=K` adds a learned
+bias per head to the attention scores, by the patches' row and column offset (layers/rel_pos.py).
 
 The forward and backward passes are pure functions of the parameters
 (`forward`, `backward`, `loss_and_grads` below): they run on one backend from
@@ -53,6 +54,8 @@ def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
         shapes.update({
             b + "norm1.weight": (D,), b + "norm1.bias": (D,),
             b + "attn.qkv.weight": (D, 3 * D), b + "attn.qkv.bias": (3 * D,),
+            **({b + "attn.rel_pos": (cfg.heads, 2 * cfg.rel_pos_bias + 1, 2 * cfg.rel_pos_bias + 1)}
+               if cfg.rel_pos_bias else {}),
             b + "attn.proj.weight": (D, D), b + "attn.proj.bias": (D,),
             b + "norm2.weight": (D,), b + "norm2.bias": (D,),
             b + "mlp.fc1.weight": (D, M), b + "mlp.fc1.bias": (M,),
@@ -88,7 +91,8 @@ def init_params(cfg: ViTConfig, seed: int = 0, dtype=np.float32, attention: str 
     - MLP: Xavier uniform, biases normal with std 1e-6;
     - LayerNorms: weight 1, bias 0;
     - pre_logits (when there is one): LeCun normal, bias zero, flax's Dense defaults;
-    - head: zeros, so every class starts equally likely and the first loss is log K.
+    - head: zeros, so every class starts equally likely and the first loss is log K;
+    - relative position bias tables (rel_pos_bias): zeros, so attention starts as without them.
     Xavier keeps activations and gradients near unit scale through each block, which
     with pre-LN residuals lets a deep stack train from the start without a warm-up trick.
 
@@ -171,6 +175,7 @@ class BlockCache(NamedTuple):
     norm2: tuple
     fc1: tuple
     fc2: tuple
+    rel_pos: tuple | None = None  # the relative position bias's cache, without one None
 
 
 class ModelCache(NamedTuple):
@@ -204,14 +209,19 @@ def forward(cfg: ViTConfig, ops, params: dict, images):
         b = f"blocks.{i}."
         h, c_n1 = ops.layernorm_forward(x, p[b + "norm1.weight"], p[b + "norm1.bias"])
         h, c_qkv = ops.linear_forward(h, p[b + "attn.qkv.weight"], p[b + "attn.qkv.bias"])  # (B, N, 3D)
-        h, c_attn = ops.attention_forward(h, cfg.heads)  # (B, N, D)
+        c_rel = None
+        if cfg.rel_pos_bias:
+            bias, c_rel = ops.rel_pos_bias_forward(p[b + "attn.rel_pos"], cfg.grid_size, cfg.has_class_token)
+            h, c_attn = ops.attention_bias_forward(h, bias, cfg.heads)  # (B, N, D); bias (H, N, N)
+        else:
+            h, c_attn = ops.attention_forward(h, cfg.heads)  # (B, N, D)
         h, c_proj = ops.linear_forward(h, p[b + "attn.proj.weight"], p[b + "attn.proj.bias"])
         x = ops.add(x, h)
         h, c_n2 = ops.layernorm_forward(x, p[b + "norm2.weight"], p[b + "norm2.bias"])
         h, c_fc1 = fc1_forward(h, p[b + "mlp.fc1.weight"], p[b + "mlp.fc1.bias"])  # (B, N, M)
         h, c_fc2 = ops.linear_forward(h, p[b + "mlp.fc2.weight"], p[b + "mlp.fc2.bias"])
         x = ops.add(x, h)
-        blocks.append(BlockCache(c_n1, c_qkv, c_attn, c_proj, c_n2, c_fc1, c_fc2))
+        blocks.append(BlockCache(c_n1, c_qkv, c_attn, c_proj, c_n2, c_fc1, c_fc2, c_rel))
     if cfg.has_class_token:
         x, c_pool = ops.class_token_forward(x)  # (B, D)
         x, c_norm = ops.layernorm_forward(x, p["norm.weight"], p["norm.bias"])
@@ -254,7 +264,11 @@ def backward(cfg: ViTConfig, ops, dlogits, cache: ModelCache) -> dict:
         dx = ops.add(dx, dh)
         # x = x + proj(attention(qkv(norm1(x))))
         dh, grads[b + "attn.proj.weight"], grads[b + "attn.proj.bias"] = ops.linear_backward(dx, c.proj)
-        dh = ops.attention_backward(dh, c.attn)  # (B, N, 3D)
+        if cfg.rel_pos_bias:
+            dh, dbias = ops.attention_bias_backward(dh, c.attn)  # (B, N, 3D), (H, N, N)
+            grads[b + "attn.rel_pos"] = ops.rel_pos_bias_backward(dbias, c.rel_pos)
+        else:
+            dh = ops.attention_backward(dh, c.attn)  # (B, N, 3D)
         dh, grads[b + "attn.qkv.weight"], grads[b + "attn.qkv.bias"] = ops.linear_backward(dh, c.qkv)
         dh, grads[b + "norm1.weight"], grads[b + "norm1.bias"] = ops.layernorm_backward(dh, c.norm1)
         dx = ops.add(dx, dh)

@@ -84,8 +84,9 @@ def scale(arrays, factor):
 
 
 def no_decay(name: str) -> bool:
-    """Biases, norms, the class token and the position embedding are not decayed."""
-    return name.endswith(".bias") or ".norm" in name or name.startswith("norm.") or name in ("cls_token", "pos_embed")
+    """Biases, norms, the class token and the position embeddings (also relative) are not decayed."""
+    return (name.endswith((".bias", ".rel_pos")) or ".norm" in name or name.startswith("norm.")
+            or name in ("cls_token", "pos_embed"))  # fmt: skip
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:

@@ -457,6 +457,9 @@ def save_official(model: ViT, path, numbering: str = "legacy") -> Path:
     """
     if numbering not in BLOCK_MODULES:
         raise ValueError(f"numbering must be one of {sorted(BLOCK_MODULES)}, got {numbering!r}")
+    if model.cfg.rel_pos_bias:
+        raise ValueError("the official layout has no relative position bias: a model with rel_pos_bias "
+                         "cannot be written in it (save a tinyvit checkpoint instead)")  # fmt: skip
     params = model.numpy_params()
     if "pos_embed" not in params:  # a fixed table is written as the learned one it equals
         params["pos_embed"] = pos_embed_table(model.cfg, params).astype(model.dtype)

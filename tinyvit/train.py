@@ -12,6 +12,10 @@ tinyvit.load_pretrained reads): its shape, weights and input normalisation, a
 new zero head for the data's classes, and by default the paper's fine-tuning
 optimiser (SGD with momentum 0.9, no weight decay, no label smoothing). A temporary file left
 beside the checkpoint by a run killed while saving is removed by the next run.
+With --ema a moving average of the weights is kept beside them, evaluated each
+epoch and saved in the checkpoint; --eval-flip evaluates each image and its mirror.
+The next batches are prepared in a background thread (--prefetch), which changes
+nothing but the speed.
 Ctrl-C, --max-minutes and --max-steps stop cleanly: evaluate, save, exit.
 A non-finite loss stops training with a message naming the step and keeps the
 last good checkpoint. --resume continues exactly where the checkpoint left off:
@@ -63,6 +67,7 @@ from .threads import set_threads
 
 MODEL_FLAGS = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim")
 MODEL_CHOICES = {"pos_embed": POS_EMBEDS, "classifier": CLASSIFIERS}  # ViTConfig's options the flags can set
+MODEL_OPTIONS = (*MODEL_FLAGS, *MODEL_CHOICES, "rel_pos_bias")
 # Options that may differ on --resume without changing what is computed.
 RUN_FLAGS = ("resume", "max_minutes", "max_steps", "threads", "backend", "progress", "out", "data_dir", "prefetch",
              "devices", "shard_params", "coordinator", "num_processes", "process_id")
@@ -91,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="position embedding: learned (the presets'), sincos2d (fixed 2-D sines and cosines) or none")
     g.add_argument("--classifier", default=None, choices=CLASSIFIERS,
                    help="what the head reads: the class token (the presets'), or gap, the mean of all tokens")
+    g.add_argument("--rel-pos-bias", type=int, default=None, metavar="K",
+                   help="a learned attention bias per head for each row/column offset between patches, clipped to K (0: none)")
     g.add_argument("--init-attention", default="xavier", choices=ATTENTION_INITS,
                    help="qkv and proj weights: xavier, or mimetic (W_q W_k^T near +identity, W_v W_proj near -identity)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -507,7 +514,7 @@ def model_config(args, ck) -> ViTConfig:
     if ck is not None and "final_config" in ck.state:  # whatever the flags or the --init file say now
         return ViTConfig.from_dict(ck.state["final_config"])
     if args.init:
-        fixed = [k for k in (*MODEL_FLAGS, *MODEL_CHOICES) if k not in ("image_size", "heads") and getattr(args, k) is not None]
+        fixed = [k for k in MODEL_OPTIONS if k not in ("image_size", "heads") and getattr(args, k) is not None]
         fixed += ["init_attention"] if args.init_attention != "xavier" else []
         if fixed:
             raise UsageError(f"--init takes the model's shape from {args.init}; "
@@ -518,7 +525,7 @@ def model_config(args, ck) -> ViTConfig:
                 raise UsageError(f"--image-size {args.image_size} must be a multiple of {args.init}'s patch size {cfg.patch_size}")
             cfg = cfg.replace(image_size=args.image_size)
         return cfg
-    overrides = {k: getattr(args, k) for k in (*MODEL_FLAGS, *MODEL_CHOICES) if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
     try:
         return get_preset(args.preset, **overrides)
     except ValueError as e:  # the config's own checks, of values the user chose

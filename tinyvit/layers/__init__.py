@@ -6,7 +6,13 @@ writes into its inputs, and every line runs on NumPy arrays and on JAX arrays
 (see xp.py). Faster backends are checked against these.
 """
 
-from .attention import attention_backward, attention_forward, softmax
+from .attention import (
+    attention_backward,
+    attention_bias_backward,
+    attention_bias_forward,
+    attention_forward,
+    softmax,
+)
 from .embed import (
     class_token_backward,
     class_token_forward,
@@ -32,9 +38,12 @@ from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
 from .loss import count_correct, cross_entropy_backward, cross_entropy_forward
 from .patchify import patchify, patchify_backward, patchify_forward, unpatchify
+from .rel_pos import rel_pos_bias_backward, rel_pos_bias_forward
 
 __all__ = [
     "attention_backward",
+    "attention_bias_backward",
+    "attention_bias_forward",
     "attention_forward",
     "class_token_backward",
     "class_token_forward",
@@ -60,6 +69,8 @@ __all__ = [
     "patchify_forward",
     "pos_embed_backward",
     "pos_embed_forward",
+    "rel_pos_bias_backward",
+    "rel_pos_bias_forward",
     "softmax",
     "tanh_backward",
     "tanh_forward",

@@ -51,7 +51,32 @@ def attention_forward(qkv, heads):
 
 
 def attention_backward(dout, cache):
-    """dout (B, N, D) -> dqkv (B, N, 3D).
+    """dout (B, N, D) -> dqkv (B, N, 3D) (see attention_grads)."""
+    return attention_grads(dout, cache)[0]
+
+
+def attention_bias_forward(qkv, bias, heads):
+    """qkv (B, N, 3D), bias (H, N, N) -> out (B, N, D): attention whose scores get bias[h] added
+    before the softmax, the same for every image (a relative position bias, layers/rel_pos.py)."""
+    q, k, v = split_heads(qkv, heads)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = (q @ k.transpose(0, 1, 3, 2)) * scale + bias  # (B, H, N, N)
+    probs = softmax(scores)
+    out = merge_heads(probs @ v)  # (B, N, D)
+    return out, AttentionCache(qkv, probs, heads)
+
+
+def attention_bias_backward(dout, cache):
+    """dout (B, N, D) -> dqkv (B, N, 3D), dbias (H, N, N).
+
+    The bias is added to the scores, so its gradient is dscores, summed over the batch
+    that shares it; the rest is attention_backward's."""
+    dqkv, dscores = attention_grads(dout, cache)
+    return dqkv, dscores.sum(axis=0)
+
+
+def attention_grads(dout, cache):
+    """dout (B, N, D) -> dqkv (B, N, 3D) and dscores (B, H, N, N), the gradient of the scores.
 
     Through out = probs v: dprobs = dout v^T and dv = probs^T dout. Through the
     softmax: dscores = probs * (dprobs - sum_j dprobs * probs), the Jacobian of
@@ -68,4 +93,5 @@ def attention_backward(dout, cache):
     dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
     dq = (dscores @ k) * scale
     dk = (dscores.transpose(0, 1, 3, 2) @ q) * scale
-    return namespace(dout).concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
+    dqkv = namespace(dout).concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
+    return dqkv, dscores
