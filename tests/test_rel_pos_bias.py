@@ -11,9 +11,8 @@
 
 import numpy as np
 import pytest
-from backends import batch, perturbed_params
+from backends import batch, compare_models, perturbed_params
 from gradcheck import STEP, TOLERANCE, check_layer, directional_errors
-from test_model_options import compare_models
 
 from tinyvit import ViT, layers
 from tinyvit.checkpoint import load_checkpoint
