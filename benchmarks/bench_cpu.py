@@ -15,6 +15,7 @@ median step time):
 Also printed: the machine's float32 sgemm peak, each training step's matrix-product GFLOP/s as a
 share of it, and the peak resident memory of a cifar-small training step per framework.
 PyTorch is optional (install torch==2.13.0 into .venv for the comparison); tinyvit never imports it.
+With jax installed, the `jax` backend's compiled step (one CPU device) and forward are timed too.
 Numbers depend on what else runs: read them with the load average printed beside them.
 """
 
@@ -139,9 +140,16 @@ def op_profile(name: str, cfg, batch: int, steps: int) -> dict:
 
 
 def tinyvit_train(name: str, cfg, batch: int, repeats: int) -> float:
-    """Images/s of a training step on backend `name`."""
+    """Images/s of a training step on backend `name` (`jax`: the compiled step on one CPU device)."""
     model = ViT(cfg, backend=name)
-    return batch / median_time(train_step_fn(model, *batch_data(cfg, batch)), repeats)
+    images, labels = batch_data(cfg, batch)
+    if name == "jax":
+        from tinyvit.distributed import JaxStep, data_mesh
+        from tinyvit.optim import AdamWHyper
+
+        step = JaxStep(model, data_mesh(1), AdamWHyper(), clip_norm=1.0, label_smoothing=0.0)
+        return batch / median_time(lambda: float(step(images, labels, 1e-4).loss), repeats)
+    return batch / median_time(train_step_fn(model, images, labels), repeats)
 
 
 def tinyvit_infer(name: str, cfg, batch: int, repeats: int) -> float:
@@ -221,6 +229,14 @@ def torch_infer(cfg, batch: int, repeats: int) -> float:
     images = torch.from_numpy(batch_data(cfg, batch)[0])
     with torch.no_grad():
         return batch / median_time(lambda: model(images), repeats)
+
+
+def have_jax() -> bool:
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def have_torch() -> bool:
@@ -332,6 +348,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=None, help="timed steps per process (default 7, 3 quick)")
     ap.add_argument("--quick", action="store_true", help="1 round, 3 repeats and a smaller peak sgemm")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    ap.add_argument("--no-jax", action="store_true", help="skip the jax backend (timed when jax is installed)")
     ap.add_argument("--profile", action="store_true", help="also the per-op profile of a cifar-small step (numba, numpy)")
     ap.add_argument("--_child", nargs=2, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
@@ -349,6 +366,7 @@ def main(argv=None):
         ap.error(f"unknown targets {unknown}; expected some of {list(TARGETS)}")
     rounds = args.rounds or (1 if args.quick else 3)
     frameworks = ["numba", "torch"] if have_torch() and not args.no_torch else ["numba"]
+    frameworks += ["jax"] if have_jax() and not args.no_jax else []
 
     set_threads(args.threads)
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; threads {args.threads}; load average {loadavg()}")
@@ -377,10 +395,10 @@ def main(argv=None):
                     rates[fw, target].append(rate)
 
     print(f"\nimages/s, median over rounds (min-max); load average now {loadavg()}")
-    print(f"  {'target':20s} {'numba':>20s} {'torch':>20s} {'numba/torch':>11s} {'step % of peak':>15s}")
+    print(f"  {'target':20s} {'numba':>20s} {'torch':>20s} {'numba/torch':>11s} {'step % of peak':>15s} {'jax':>20s}")
     for target in targets:
         cells, med = [], {}
-        for fw in ("numba", "torch"):
+        for fw in ("numba", "torch", "jax"):
             got = rates.get((fw, target), [])
             med[fw] = float(np.median(got)) if got else float("nan")
             cells.append(f"{med[fw]:8.1f} ({min(got):.0f}-{max(got):.0f})" if got else "-")
@@ -388,11 +406,12 @@ def main(argv=None):
         if TARGETS[target][2] == "train":
             gflops = step_flops(target_cfg(target), TARGETS[target][3]) / TARGETS[target][3] * med["numba"] / 1e9
             share = f"{100 * gflops / peak:5.0f}% ({gflops:.0f} GF/s)"
-        print(f"  {target:20s} {cells[0]:>20s} {cells[1]:>20s} {med['numba'] / med['torch']:10.2f}x {share:>15s}")
+        print(f"  {target:20s} {cells[0]:>20s} {cells[1]:>20s} {med['numba'] / med['torch']:10.2f}x {share:>15s} "
+              f"{cells[2]:>20s}")  # fmt: skip
 
     print("\npeak resident memory of a cifar-small training step, batch 128 (each in its own process)")
     args.preset, args.batch = "cifar-small", 128
-    for fw in frameworks:
+    for fw in (f for f in frameworks if f != "jax"):  # jax's step is timed, its memory not measured
         m = peak_memory(fw, args)
         if m:
             print(f"  {fw:7s} peak {m['peak_mib']:7.0f} MiB, before the step {m['before_mib']:6.0f} MiB, "
