@@ -16,8 +16,9 @@ from tinyvit.backend import get_backend
 NOT_KERNELS = {"asarray": "numpy", "to_numpy": "numpy", "zeros_like": "numpy", "class_token_forward": "numpy",
                "class_token_backward": "numpy", "set_threads": "tinyvit.threads", "synchronize": "the default",
                "jit": "the default", "use_dtype": "the default",
-               # the relative position bias is a gather from a small table: the specification's own
-               "attention_bias_forward": "numpy", "attention_bias_backward": "numpy"}  # fmt: skip
+               # the relative position bias: a gather from a small table and its add, the specification's own
+               "attention_bias_forward": "numpy", "attention_bias_backward": "numpy",
+               "rel_pos_bias_forward": "numpy", "rel_pos_bias_backward": "numpy"}  # fmt: skip
 
 
 def test_numba_backend_is_registered_with_every_op():
