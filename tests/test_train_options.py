@@ -220,3 +220,50 @@ def test_model_flags_reach_the_config_and_the_initialisation(tmp_path):
 def test_init_refuses_model_flags_it_cannot_honour(tmp_path):
     with pytest.raises(UsageError, match="--pos-embed"):
         run(tmp_path, "--init", str(tmp_path / "any.npz"), "--pos-embed", "none")
+
+
+# -- the cifar10 recipe as the defaults -------------------------------------------------------------
+
+
+def filled(*argv):
+    from tinyvit.train import fill_defaults
+
+    args = build_parser().parse_args(list(argv))
+    fill_defaults(args)
+    return args
+
+
+def test_data_cifar10_alone_is_the_recipe():
+    from tinyvit.train import RECIPES
+
+    args = filled("--data", "cifar10")
+    for name, value in RECIPES["cifar10"].items():
+        assert getattr(args, name) == value, name
+
+
+def test_a_flag_given_beats_the_recipe_and_other_data_get_the_plain_defaults():
+    from tinyvit.train import PLAIN_DEFAULTS, RECIPES
+
+    recipe = RECIPES["cifar10"]
+    args = filled("--data", "cifar10", "--epochs", "3", "--no-eval-flip", "--progressive", "")
+    assert (args.epochs, args.eval_flip, args.progressive) == (3, False, "")
+    assert args.classifier == recipe["classifier"]  # the rest still the recipe's
+    plain = filled("--data", "shapes")
+    for name, value in PLAIN_DEFAULTS.items():
+        assert getattr(plain, name) == value, name
+    assert plain.classifier is None and plain.lr is None  # the preset's, and the optimiser's default
+    tuned = filled("--data", "cifar10", "--init", "ViT-B_16.npz")  # fine-tuning: nothing of the recipe
+    assert tuned.classifier is None and tuned.epochs == PLAIN_DEFAULTS["epochs"]
+
+
+def test_the_recipe_is_a_valid_run_and_its_help_line_sets_it():
+    from tinyvit.train import RECIPES, check_options, flag_text, model_config
+
+    recipe = RECIPES["cifar10"]
+    args = filled("--data", "cifar10")
+    cfg = model_config(args, None)
+    phases = check_options(args, cfg)
+    assert sum(n for _, n in phases) < args.epochs and phases[0][0] < cfg.image_size
+    argv = " ".join(flag_text(k, v) for k, v in recipe.items()).split()
+    spelled = filled("--data", "shapes", *argv)  # the flags the help prints give the same options elsewhere
+    assert {k: getattr(spelled, k) for k in recipe} == recipe

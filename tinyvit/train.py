@@ -72,6 +72,17 @@ MODEL_OPTIONS = (*MODEL_FLAGS, *MODEL_CHOICES, "rel_pos_bias")
 RUN_FLAGS = ("resume", "max_minutes", "max_steps", "threads", "backend", "progress", "out", "data_dir", "prefetch",
              "devices", "shard_params", "coordinator", "num_processes", "process_id")
 
+# What a flag left out means. `--data cifar10` trains from scratch with its own recipe
+# (docs/training.md: sized to end within 30 minutes on a 2-core CPU, evaluations included);
+# any other run, and a fine-tuning run (--init), takes the plain defaults. A flag given always wins.
+PLAIN_DEFAULTS = {"preset": "cifar-narrow", "epochs": 20, "progressive": "", "warmup_epochs": 1.0,
+                  "init_attention": "xavier", "ema": 0.0, "eval_flip": False}  # fmt: skip
+RECIPES = {
+    "cifar10": {"preset": "cifar-narrow", "classifier": "gap", "epochs": 20, "progressive": "16:12,24:4",
+                "lr": 2e-3, "warmup_epochs": 1.0, "weight_decay": 0.05, "label_smoothing": 0.1,
+                "init_attention": "xavier", "ema": 0.0, "eval_flip": False},
+}  # fmt: skip
+
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default where it says something: not for switches, not for None."""
@@ -82,14 +93,25 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def flag_text(name: str, value) -> str:
+    """The command-line flag that sets option `name` to `value`: flag_text("eval_flip", False) == "--no-eval-flip"."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tinyvit.train", description=__doc__.split("\n\n")[0], formatter_class=_Help)
+    recipe = " ".join(flag_text(k, v) for k, v in RECIPES["cifar10"].items())
+    p = argparse.ArgumentParser(prog="python -m tinyvit.train", description=__doc__.split("\n\n")[0], formatter_class=_Help,
+                                epilog=f"--data cifar10 (without --init) gives every flag left out the value of its "
+                                       f"30-minute recipe (docs/training.md): {recipe}")  # fmt: skip
     g = p.add_argument_group("data")
     g.add_argument("--data", default="cifar10", help="cifar10, shapes, or folder:PATH")
     g.add_argument("--data-dir", default=None, help="where datasets live (default: $TINYVIT_DATA or ~/.cache/tinyvit)")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop and flip")
     g = p.add_argument_group("model (a preset, then any field overridden)")
-    g.add_argument("--preset", default="cifar-narrow", choices=sorted(PRESETS))
+    g.add_argument("--preset", default=None, choices=sorted(PRESETS), help="default: cifar-narrow")
     for name in MODEL_FLAGS:
         g.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"override the preset's {name}")
     g.add_argument("--pos-embed", default=None, choices=POS_EMBEDS,
@@ -98,14 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the head reads: the class token (the presets'), or gap, the mean of all tokens")
     g.add_argument("--rel-pos-bias", type=int, default=None, metavar="K",
                    help="a learned attention bias per head for each row/column offset between patches, clipped to K (0: none)")
-    g.add_argument("--init-attention", default="xavier", choices=ATTENTION_INITS,
-                   help="qkv and proj weights: xavier, or mimetic (W_q W_k^T near +identity, W_v W_proj near -identity)")
+    g.add_argument("--init-attention", default=None, choices=ATTENTION_INITS,
+                   help="qkv and proj weights: xavier (default), or mimetic (W_q W_k^T near +identity, W_v W_proj near -identity)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     g.add_argument("--init", default=None, metavar="PATH",
                    help="start from a pretrained checkpoint (official .npz, timm .safetensors, tinyvit .npz): "
                         "its shape, weights and normalisation, a new head; only --image-size (and --heads for timm) may be given")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=20)
+    g.add_argument("--epochs", type=int, default=None, help="default: 20")
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--optimizer", default=None, choices=["adamw", "sgd"],
                    help="default: sgd (momentum, the paper's fine-tuning) with --init, else adamw")
@@ -114,14 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-lr", type=float, default=1e-5, help="learning rate at the end of the cosine")
     g.add_argument("--weight-decay", type=float, default=None,
                    help="not on biases, norms, embeddings: AdamW's decoupled decay (default 0.05), SGD's L2 term (default 0)")
-    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length, in epochs")
+    g.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup length, in epochs (default: 1)")
     g.add_argument("--label-smoothing", type=float, default=None, help="default: 0.1, and 0 with --init (as the paper fine-tunes)")
     g.add_argument("--clip-norm", type=float, default=1.0, help="global gradient norm limit (0: off)")
-    g.add_argument("--progressive", default="", metavar="SIZE:EPOCHS,...",
-                   help="train the first epochs at lower resolutions, e.g. 16:3,24:2 (then --image-size)")
-    g.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
-                   help="keep a moving average of the weights with this decay (e.g. 0.999), evaluated and saved beside them (0: off)")
-    g.add_argument("--eval-flip", action="store_true", help="evaluate on each test image and its mirror image, logits averaged")
+    g.add_argument("--progressive", default=None, metavar="SIZE:EPOCHS,...",
+                   help="train the first epochs at lower resolutions, e.g. 16:3,24:2 (then --image-size); default: none")
+    g.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="keep a moving average of the weights with this decay (e.g. 0.999), evaluated and saved beside them (default 0: off)")
+    g.add_argument("--eval-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate on each test image and its mirror image, logits averaged (default: off)")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--backend", default=None, choices=backend_names(), help=f"default: {default_backend_description()}")
@@ -340,6 +363,15 @@ def _kept(ckpt_path: Path) -> str:
     return f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint was written yet"
 
 
+def fill_defaults(args) -> None:
+    """Give each flag left out its value: the data's recipe for a run from scratch, else PLAIN_DEFAULTS.
+    (lr, weight decay and label smoothing left out of both depend on the optimiser: see set_up.)"""
+    recipe = {} if args.init else RECIPES.get(args.data, {})
+    for name, value in {**PLAIN_DEFAULTS, **recipe}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def check_options(args, cfg: ViTConfig) -> list[tuple[int, int]]:
     """Refuse option values that cannot train; returns the progressive phases."""
     phases = parse_progressive(args.progressive, cfg.image_size, cfg.patch_size, args.epochs)
@@ -423,6 +455,7 @@ def set_up(args) -> tuple[Run, Position, HostStep, dict | None]:
         print(f"removed {stale}, left by a run stopped while saving", file=sys.stderr)
     ck = resume_checkpoint(args, out / "checkpoint.npz")
     position = Position(**{k: ck.state[k] for k in asdict(Position())}) if ck else Position()
+    fill_defaults(args)
     if args.optimizer is None:
         args.optimizer = "sgd" if args.init else "adamw"
     if args.lr is None:
