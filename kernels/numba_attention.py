@@ -29,6 +29,10 @@ Variants, plain to fast (VARIANTS: name -> (forward, backward), the last is the 
                 block, measured against keeping probs in docs/benchmarks.md). The attention
                 maps (`cache.probs`) are recomputed from lse only when asked for.
                 Exps in float32 arithmetic for float32 inputs (`exp32_inplace`).
+                With a bias (the relative position bias, ViTConfig.rel_pos_bias), its (H, N, N)
+                entries are added to each block of scores, in forward and where backward
+                recomputes them, and backward also writes dscores (B, H, N, N), whose sum
+                over the batch is the bias's gradient (attention_bias_forward/backward).
 """
 
 import math
@@ -248,8 +252,9 @@ def _scaled_q(qkv, b, h, N, Dh, scale):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def flash_forward(qkv, heads, block, out, lse):
-    """qkv (B, N, 3D) -> out (B, N, D) and lse (B, H, N) float64, written."""
+def flash_forward(qkv, bias, heads, block, out, lse):
+    """qkv (B, N, 3D) -> out (B, N, D) and lse (B, H, N) float64, written. bias: None, or (H, N, N)
+    added to every image's scores (numba compiles the two cases apart: `bias is None` is pruned)."""
     B, N, three_d = qkv.shape
     D = three_d // 3
     Dh = D // heads
@@ -268,6 +273,8 @@ def flash_forward(qkv, heads, block, out, lse):
             for kb in range(count):
                 j0, j1 = kb * size, min(N, (kb + 1) * size)
                 s = np.dot(q[i0:i1], k[j0:j1].T)  # (queries, keys) scaled scores
+                if bias is not None:
+                    s += bias[h, i0:i1, j0:j1]
                 for i in range(i1 - i0):
                     m_new = m[i]
                     for j in range(j1 - j0):
@@ -292,9 +299,11 @@ def flash_forward(qkv, heads, block, out, lse):
 
 
 @njit(fastmath=FASTMATH, cache=True, inline="always")
-def _probs_block(q, k, lse_row, i0, i1, j0, j1):
-    """probs[i0:i1, j0:j1] = exp(q k^T - lse), recomputed from the forward's log-sum-exp."""
+def _probs_block(q, k, bias, h, lse_row, i0, i1, j0, j1):
+    """probs[i0:i1, j0:j1] = exp(q k^T (+ bias[h]) - lse), recomputed from the forward's log-sum-exp."""
     s = np.dot(q[i0:i1], k[j0:j1].T)
+    if bias is not None:
+        s += bias[h, i0:i1, j0:j1]
     for i in range(i1 - i0):
         for j in range(j1 - j0):
             s[i, j] -= lse_row[i0 + i]
@@ -303,8 +312,9 @@ def _probs_block(q, k, lse_row, i0, i1, j0, j1):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def flash_backward(dout, qkv, out, lse, block, dqkv):
-    """dout (B, N, D), the forward's qkv, out and lse -> dqkv (B, N, 3D), written."""
+def flash_backward(dout, qkv, bias, out, lse, block, dqkv, dscores):
+    """dout (B, N, D), the forward's qkv, bias, out and lse -> dqkv (B, N, 3D), written. With a bias,
+    also dscores (B, H, N, N), the scores' gradient (summed over the batch, the bias's); else None."""
     B, heads, N = lse.shape
     D = dout.shape[2]
     Dh = D // heads
@@ -328,12 +338,14 @@ def flash_backward(dout, qkv, out, lse, block, dqkv):
             i0, i1 = qb * size, min(N, (qb + 1) * size)
             for kb in range(count):
                 j0, j1 = kb * size, min(N, (kb + 1) * size)
-                p = _probs_block(q, k, lse[b, h], i0, i1, j0, j1)  # (queries, keys)
+                p = _probs_block(q, k, bias, h, lse[b, h], i0, i1, j0, j1)  # (queries, keys)
                 dv[j0:j1] += np.dot(p.T, do[i0:i1])
                 ds = np.dot(do[i0:i1], v[j0:j1].T)  # dprobs, then dscores in place
                 for i in range(i1 - i0):
                     for j in range(j1 - j0):
                         ds[i, j] = p[i, j] * (ds[i, j] - delta[i0 + i])
+                if dscores is not None:
+                    dscores[b, h, i0:i1, j0:j1] = ds
                 dq[i0:i1] += np.dot(ds, k[j0:j1])  # times the scale below
                 dk[j0:j1] += np.dot(ds.T, q[i0:i1])  # q is already scaled
         for i in range(N):
@@ -344,8 +356,8 @@ def flash_backward(dout, qkv, out, lse, block, dqkv):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def flash_probs(qkv, lse, probs):
-    """The attention maps (B, H, N, N) recomputed from qkv and the forward's lse, written."""
+def flash_probs(qkv, bias, lse, probs):
+    """The attention maps (B, H, N, N) recomputed from qkv (and bias) and the forward's lse, written."""
     B, heads, N = lse.shape
     Dh = qkv.shape[2] // (3 * heads)
     scale = 1.0 / math.sqrt(Dh)
@@ -353,7 +365,7 @@ def flash_probs(qkv, lse, probs):
         b, h = bh // heads, bh % heads
         q = _scaled_q(qkv, b, h, N, Dh, scale)
         k = _head_block(qkv, b, heads * Dh + h * Dh, N, Dh)
-        probs[b, h] = _probs_block(q, k, lse[b, h], 0, N, 0, N)
+        probs[b, h] = _probs_block(q, k, bias, h, lse[b, h], 0, N, 0, N)
 
 
 class FlashAttentionCache(NamedTuple):
@@ -362,35 +374,59 @@ class FlashAttentionCache(NamedTuple):
     lse: np.ndarray  # (B, H, N) float64, log sum_j exp(score_ij) per query row
     heads: int
     block: int
+    bias: np.ndarray | None = None  # (H, N, N) added to the scores (a relative position bias), or None
 
     @property
     def probs(self):
         """The attention probabilities (B, H, N, N), recomputed (what the lessons draw)."""
         B, H, N = self.lse.shape
         probs = np.empty((B, H, N, N), dtype=self.qkv.dtype)
-        flash_probs(self.qkv, self.lse, probs)
+        flash_probs(self.qkv, self.bias, self.lse, probs)
         return probs
 
 
-def attention_forward(qkv, heads, block=BLOCK):
-    """qkv (B, N, 3D) -> out (B, N, D); no (B, H, N, N) array (cache.probs recomputes it when asked)."""
+def attention_forward(qkv, heads, block=BLOCK, bias=None):
+    """qkv (B, N, 3D) -> out (B, N, D); no (B, H, N, N) array (cache.probs recomputes it when asked).
+    bias (H, N, N), if given, is added to every image's scores before the softmax."""
     qkv = np.ascontiguousarray(qkv)
     B, N, three_d = qkv.shape
     if block < 1:
         raise ValueError(f"block must be at least 1, got {block}")
+    if bias is not None:
+        if bias.shape != (heads, N, N):
+            raise ValueError(f"bias must be (heads, N, N) = {(heads, N, N)}, got {bias.shape}")
+        bias = np.ascontiguousarray(bias, dtype=qkv.dtype)
     out = np.empty((B, N, three_d // 3), dtype=qkv.dtype)
     lse = np.empty((B, heads, N), dtype=np.float64)
-    flash_forward(qkv, heads, block, out, lse)
-    return out, FlashAttentionCache(qkv, out, lse, heads, block)
+    flash_forward(qkv, bias, heads, block, out, lse)
+    return out, FlashAttentionCache(qkv, out, lse, heads, block, bias)
 
 
 def attention_backward(dout, cache):
     """dout (B, N, D) -> dqkv (B, N, 3D), each block of probabilities recomputed from lse."""
-    qkv, out, lse, _, block = cache
+    return _flash_grads(dout, cache)[0]
+
+
+def _flash_grads(dout, cache):
+    qkv, out, lse, _, block, bias = cache
     dqkv = np.empty_like(qkv)
+    dscores = None if bias is None else np.empty((*lse.shape, lse.shape[2]), dtype=qkv.dtype)
     dout = np.ascontiguousarray(dout, dtype=qkv.dtype)
-    flash_backward(dout, qkv, out, lse, block, dqkv)
-    return dqkv
+    flash_backward(dout, qkv, bias, out, lse, block, dqkv, dscores)
+    return dqkv, dscores
+
+
+def attention_bias_forward(qkv, bias, heads):
+    """qkv (B, N, 3D), bias (H, N, N) -> out (B, N, D): 3_flash with the bias added to the scores
+    (tinyvit.layers.attention_bias_forward is the specification)."""
+    return attention_forward(qkv, heads, bias=bias)
+
+
+def attention_bias_backward(dout, cache):
+    """dout (B, N, D) -> dqkv (B, N, 3D), dbias (H, N, N): the bias's gradient is the scores',
+    summed over the images that share it."""
+    dqkv, dscores = _flash_grads(dout, cache)
+    return dqkv, dscores.sum(axis=0)
 
 
 VARIANTS = {

@@ -55,9 +55,9 @@ BACKEND = Backend(
     token_mean_backward=numba_head.token_mean_backward,
     tanh_forward=numba_head.tanh_forward,
     tanh_backward=numba_head.tanh_backward,
-    # the relative position bias has no kernel yet: the specification (NumPy and BLAS) on these arrays
-    attention_bias_forward=layers.attention_bias_forward,
-    attention_bias_backward=layers.attention_bias_backward,
+    attention_bias_forward=numba_attention.attention_bias_forward,
+    attention_bias_backward=numba_attention.attention_bias_backward,
+    # the bias table's gather and its transpose: the specification (a BLAS product with a 0/1 matrix)
     rel_pos_bias_forward=layers.rel_pos_bias_forward,
     rel_pos_bias_backward=layers.rel_pos_bias_backward,
     cross_entropy_forward=numba_loss.cross_entropy_forward,
