@@ -449,3 +449,21 @@ def test_forward_and_loss_do_not_write_into_their_inputs(dtype):
     np.testing.assert_array_equal(images, images_before)
     np.testing.assert_array_equal(labels, labels_before)
     assert images.dtype == dtype and labels.dtype == np.int32
+
+
+def test_building_a_model_holds_its_weights_once_plus_one_array():
+    """ViT(cfg) draws the weights, then hands them to the backend one array at a time: NumPy's
+    allocations (which tracemalloc sees) peak at the model's size plus its largest arrays, not
+    twice the model (the peak memory of benchmarks/bench_appendix.py counts the constructor)."""
+    import tracemalloc
+
+    cfg = get_preset("testing").replace(image_size=32, dim=128, depth=6, heads=4, mlp_dim=512, num_classes=10)
+    model_bytes = 4 * count_params(cfg)
+    tracemalloc.start()
+    try:
+        model = ViT(cfg, seed=0, dtype=np.float32, backend="numpy")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(v.nbytes for v in model.params.values()) == model_bytes
+    assert peak < 1.25 * model_bytes, f"peak {peak / 1e6:.2f} MB for a model of {model_bytes / 1e6:.2f} MB"

@@ -351,7 +351,8 @@ class ViT:
         self.backend.use_dtype(dtype)
         if params is None:
             fresh = init_params(cfg, seed, dtype, attention_init)
-            self.params = {k: self.backend.asarray(v, dtype) for k, v in fresh.items()}
+            # each drawn array is dropped once the backend holds its copy: never the model twice over
+            self.params = {k: self.backend.asarray(fresh.pop(k), dtype) for k in list(fresh)}
         else:
             self.params = self._checked_params(params)
         self.normalization = None if normalization is None else Normalization.of(normalization)
