@@ -91,7 +91,7 @@ def adamw_update(param, grad, m, v, hp):
     """One AdamW step -> new (param, m, v); hp is a tinyvit.optim.AdamWStep."""
     if not (param.shape == grad.shape == m.shape == v.shape):
         raise ValueError(f"param, grad, m, v must share a shape, got {param.shape}, {grad.shape}, {m.shape}, {v.shape}")
-    out = [np.empty_like(param), np.empty_like(m), np.empty_like(v)]
+    out = [np.empty(param.shape, param.dtype) for _ in range(3)]  # C order: reshape(-1) below is a view
     kernel = adamw_chunks if param.size >= PARALLEL_MIN else adamw_flat
     kernel(_flat(param), _flat(grad), _flat(m), _flat(v),
            float(hp.lr), float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay),
@@ -112,7 +112,7 @@ def scale(arrays, factor):
     """Every array times factor, as new arrays."""
     out = []
     for a in arrays:
-        o = np.empty_like(a)
+        o = np.empty(a.shape, a.dtype)  # C order, whatever a's: o.reshape(-1) is a view
         (scale_chunks if a.size >= PARALLEL_MIN else scale_flat)(_flat(a), float(factor), o.reshape(-1))
         out.append(o)
     return out

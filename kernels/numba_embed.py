@@ -48,7 +48,7 @@ def residual_add(a, b, out):
 def _add(kernel, a, b):
     if a.shape != b.shape:
         raise ValueError(f"add expects equal shapes, got {a.shape} and {b.shape}")
-    out = np.empty_like(a)
+    out = np.empty(a.shape, a.dtype)  # C order, whatever a's: out.reshape(-1) is a view
     kernel(np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1), out.reshape(-1))
     return out
 

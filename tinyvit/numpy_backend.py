@@ -8,7 +8,7 @@ from .optim import adamw_update, scale, sum_of_squares
 
 
 def _asarray(x, dtype=None):
-    return np.array(x, dtype=dtype, copy=True)
+    return np.array(x, dtype=dtype, copy=True, order="C")  # a fresh C-ordered copy, as kernels expect
 
 
 BACKEND = Backend(
