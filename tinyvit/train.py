@@ -78,9 +78,9 @@ RUN_FLAGS = ("resume", "max_minutes", "max_steps", "threads", "backend", "progre
 PLAIN_DEFAULTS = {"preset": "cifar-narrow", "epochs": 20, "progressive": "", "warmup_epochs": 1.0,
                   "init_attention": "xavier", "ema": 0.0, "eval_flip": False}  # fmt: skip
 RECIPES = {
-    "cifar10": {"preset": "cifar-narrow", "classifier": "gap", "epochs": 20, "progressive": "16:12,24:4",
-                "lr": 2e-3, "warmup_epochs": 1.0, "weight_decay": 0.05, "label_smoothing": 0.1,
-                "init_attention": "xavier", "ema": 0.0, "eval_flip": False},
+    "cifar10": {"preset": "cifar-narrow", "classifier": "gap", "init_attention": "mimetic",
+                "epochs": 17, "progressive": "16:12,24:3", "lr": 2e-3, "warmup_epochs": 1.0,
+                "weight_decay": 0.05, "label_smoothing": 0.1, "ema": 0.0, "eval_flip": False},
 }  # fmt: skip
 
 
