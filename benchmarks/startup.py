@@ -7,7 +7,7 @@ Warm: the same cache, now filled (`cache=True` on every kernel), so they load.
 Each run is a new Python process that imports tinyvit, builds the cifar-small
 model and runs one forward + backward + AdamW step on a batch of 8; the time is
 wall-clock from just before the process starts to the end of that step.
-Targets: cold under 30 s, warm under 3 s.
+Targets: cold under 20 s, warm under 1 s.
 """
 
 import argparse
@@ -44,8 +44,8 @@ def main(argv=None):
         warm = min(timed_run(cache) for _ in range(args.warm_runs))
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
-    print(f"cold start (empty numba cache): {cold:.1f} s   (target < 30 s)")
-    print(f"warm start (cache filled):      {warm:.2f} s   (target < 3 s)")
+    print(f"cold start (empty numba cache): {cold:.1f} s   (target < 20 s)")
+    print(f"warm start (cache filled):      {warm:.2f} s   (target < 1 s)")
     print(f"load average after: {load}")
 
 

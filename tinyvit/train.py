@@ -1,6 +1,6 @@
 """python -m tinyvit.train: train a ViT, evaluate it each epoch, save checkpoints.
 
-    python -m tinyvit.train --data cifar10
+    python -m tinyvit.train --data cifar10     # the 30-minute recipe: RECIPES, docs/training.md
     python -m tinyvit.train --data shapes --preset testing --epochs 2
     python -m tinyvit.train --data cifar10 --out runs/c10 --resume
     python -m tinyvit.train --init ViT-B_16.npz --data folder:flowers --image-size 384   # fine-tune
@@ -79,7 +79,7 @@ PLAIN_DEFAULTS = {"preset": "cifar-narrow", "epochs": 20, "progressive": "", "wa
                   "init_attention": "xavier", "ema": 0.0, "eval_flip": False}  # fmt: skip
 RECIPES = {
     "cifar10": {"preset": "cifar-narrow", "classifier": "gap", "init_attention": "mimetic",
-                "epochs": 17, "progressive": "16:12,24:3", "lr": 2e-3, "warmup_epochs": 1.0,
+                "epochs": 20, "progressive": "16:15,24:3", "lr": 2e-3, "warmup_epochs": 1.0,
                 "weight_decay": 0.05, "label_smoothing": 0.1, "ema": 0.0, "eval_flip": False},
 }  # fmt: skip
 
