@@ -191,8 +191,12 @@ class ModelCache(NamedTuple):
     head: tuple
 
 
-def forward(cfg: ViTConfig, ops, params: dict, images):
-    """images (B, H, W, C) -> logits (B, K) and the ModelCache backward needs."""
+def forward(cfg: ViTConfig, ops, params: dict, images, keep_cache: bool = True):
+    """images (B, H, W, C) -> logits (B, K) and the ModelCache backward needs.
+
+    keep_cache=False (inference) returns (logits, None) and keeps no block's cache, so
+    each block's activations are freed as the next block runs: the peak memory is
+    one block's, not the whole network's."""
     p = params
     x, c_patchify = ops.patchify_forward(images, cfg.patch_size)  # (B, N-1, P*P*C)
     x, c_patch = ops.linear_forward(x, p["patch_embed.weight"], p["patch_embed.bias"])  # (B, N-1, D)
@@ -221,7 +225,8 @@ def forward(cfg: ViTConfig, ops, params: dict, images):
         h, c_fc1 = fc1_forward(h, p[b + "mlp.fc1.weight"], p[b + "mlp.fc1.bias"])  # (B, N, M)
         h, c_fc2 = ops.linear_forward(h, p[b + "mlp.fc2.weight"], p[b + "mlp.fc2.bias"])
         x = ops.add(x, h)
-        blocks.append(BlockCache(c_n1, c_qkv, c_attn, c_proj, c_n2, c_fc1, c_fc2, c_rel))
+        if keep_cache:
+            blocks.append(BlockCache(c_n1, c_qkv, c_attn, c_proj, c_n2, c_fc1, c_fc2, c_rel))
     if cfg.has_class_token:
         x, c_pool = ops.class_token_forward(x)  # (B, D)
         x, c_norm = ops.layernorm_forward(x, p["norm.weight"], p["norm.bias"])
@@ -234,6 +239,8 @@ def forward(cfg: ViTConfig, ops, params: dict, images):
         x, c_tanh = ops.tanh_forward(x)
         c_pre = (c_dense, c_tanh)
     logits, c_head = ops.linear_forward(x, p["head.weight"], p["head.bias"])  # (B, K)
+    if not keep_cache:
+        return logits, None
     return logits, ModelCache(c_patchify, c_patch, c_embed, blocks, c_pool, c_norm, c_pre, c_head)
 
 
@@ -303,7 +310,7 @@ def loss_and_grads(cfg: ViTConfig, ops, params: dict, images, labels, label_smoo
 
 def logits_and_attention(cfg: ViTConfig, ops, params: dict, images, return_attention: bool = False):
     """Logits (B, K), and with return_attention every block's attention probabilities (B, H, N, N)."""
-    logits, cache = forward(cfg, ops, params, images)
+    logits, cache = forward(cfg, ops, params, images, keep_cache=return_attention)
     if not return_attention:
         return logits
     return logits, [ops.attention_probs(blk.attn) for blk in cache.blocks]
