@@ -32,6 +32,7 @@ def run_quick(tmp_path: Path, *extra: str, hide_torch: bool = False) -> tuple[st
         capture_output=True, text=True, env=env, timeout=300, check=False,
     )  # fmt: skip
     assert out.returncode == 0, f"bench_appendix.py --quick failed:\n{out.stdout}\n{out.stderr}"
+    assert " failed: " not in out.stdout, f"a measuring process failed:\n{out.stdout}\n{out.stderr}"
     return out.stdout, json.loads((tmp_path / "r.json").read_text()), (tmp_path / "t.md").read_text()
 
 
@@ -39,7 +40,8 @@ def check_measurement(m: dict, repeats: int) -> None:
     assert len(m["times_s"]) == repeats and all(t > 0 for t in m["times_s"]), m
     assert m["images_per_s"] > 0
     assert m["after_imports_mib"] > 10, m  # Python with NumPy and tinyvit loaded is tens of MiB
-    assert m["peak_mib"] >= m["after_imports_mib"] and m["peak_added_mib"] > 0, m
+    # the high-water mark may have been set while importing, before the model: then nothing is added
+    assert m["peak_mib"] >= m["after_imports_mib"] and m["peak_added_mib"] >= 0, m
     assert m["peak_added_mib"] == pytest.approx(m["peak_mib"] - m["after_imports_mib"])
 
 
