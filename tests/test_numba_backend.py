@@ -16,8 +16,8 @@ from tinyvit.backend import get_backend
 NOT_KERNELS = {"asarray": "numpy", "to_numpy": "numpy", "zeros_like": "numpy", "class_token_forward": "numpy",
                "class_token_backward": "numpy", "set_threads": "tinyvit.threads", "synchronize": "the default",
                "jit": "the default", "use_dtype": "the default",
-               # the relative position bias: a gather from a small table and its add, the specification's own
-               "attention_bias_forward": "numpy", "attention_bias_backward": "numpy",
+               # the relative position bias's gather from its small table (a product with a 0/1 matrix):
+               # the specification's own; the biased attention is the fused kernel's
                "rel_pos_bias_forward": "numpy", "rel_pos_bias_backward": "numpy"}  # fmt: skip
 
 
