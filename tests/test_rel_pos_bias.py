@@ -12,7 +12,12 @@
 import numpy as np
 import pytest
 from backends import batch, compare_models, perturbed_params
-from gradcheck import STEP, TOLERANCE, check_layer, directional_errors
+from gradcheck import (
+    STEP,
+    TOLERANCE,
+    check_layer,
+    check_model_directions,
+)
 
 from tinyvit import ViT, layers
 from tinyvit.checkpoint import load_checkpoint
@@ -88,15 +93,7 @@ def test_model_gradients_match_finite_differences(cfg):
     images, labels = batch(cfg)
     _, grads = model.loss_and_grads(images, labels, label_smoothing=0.1)
     assert np.abs(grads["blocks.0.attn.rel_pos"]).max() > 1e-6
-    params = dict(model.params)
-
-    def loss():
-        model.params = params
-        return float(model.loss_and_grads(images, labels, label_smoothing=0.1)[0])
-
-    errors = directional_errors(loss, params, grads, h=STEP["model"], seed=3)
-    worst = max(errors, key=errors.get)
-    assert errors[worst] <= TOLERANCE["model"], f"{worst}: relative error {errors[worst]:.2e}"
+    check_model_directions(model, images, labels, grads)
 
 
 @pytest.mark.parametrize("backend", ["numba", "jax"])
