@@ -5,9 +5,11 @@
     model = load_pretrained("ViT-B_16.npz")      # official, timm or tinyvit checkpoints
 """
 
+from .memory import keep_freed_memory
 from .threads import quiet_pools
 
 quiet_pools()  # before NumPy loads OpenBLAS (see tinyvit/threads.py)
+keep_freed_memory()  # each step reuses the memory of the one before (see tinyvit/memory.py)
 
 from .backend import Backend, default_backend, get_backend, register_backend
 from .config import PRESETS, ViTConfig, get_preset
