@@ -3,18 +3,21 @@
 This folder installs as `tinyvit.kernels` (setup.cfg maps it); import it by that name.
 
 numba CPU kernels, each module a version of one NumPy specification in tinyvit.layers / tinyvit.optim.
-The op modules keep their variants plain to fast in a VARIANTS table (name -> (forward, backward)),
-the last being what the backend runs; benchmarks/bench_kernels.py times them side by side:
+The op modules keep their variants plain to fast in a VARIANTS table (name -> (forward, backward);
+a file with several ops has a table per op), the last being what the backend runs;
+benchmarks/bench_kernels.py times them side by side:
     numba_linear      linear layer: 1_loops, 2_blas (BLAS products, fused bias pass, parallel column sums)
     numba_gelu        fc1 + exact GELU: 1_erf_loops, 2_erfc_rows, 3_rational32 (float32 rational erf)
     numba_layernorm   LayerNorm forward/backward: 1_loops, 2_parallel_rows
     numba_attention   multi-head attention: 1_loops, 2_blas_heads, 3_flash (online softmax, no (B, H, N, N))
     numba_embed       class token + position embedding, the residual add: 1_loops, 2_parallel
     numba_loss        softmax cross-entropy with label smoothing: 1_loops, 2_parallel_rows
-    numba_patchify    patchify and its inverse
-    numba_adamw       AdamW in place, the global gradient norm, clipping
+    numba_patchify    patchify and its inverse: 1_loops, 2_parallel (images in parallel, memory in order)
+    numba_adamw       AdamW into fresh arrays, the global gradient norm, clipping (ADAMW_, SQUARES_,
+                      SCALE_VARIANTS): 1_loops, 2_parallel (chunks), 3_by_size (serial for small arrays)
     numba_head        the official checkpoints' options: fc1 + tanh GELU, position embedding without
-                      a class token, mean over tokens, the tanh of pre_logits
+                      a class token, mean over tokens, the tanh of pre_logits (a table each): 1_loops,
+                      2_parallel
     numba_exp         a vectorisable exp (float64 and float32) for softmax and the GELU derivative
     numba_backend     the Backend that gathers them
 

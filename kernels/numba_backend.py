@@ -2,7 +2,7 @@
 
 Arrays are plain NumPy arrays; every op has the signature of its NumPy
 specification in tinyvit.layers and tinyvit.optim, and is checked against it
-in tests/test_numba_kernels.py and tests/test_numba_model.py. float32 is for
+in tests/test_numba_kernels.py, tests/test_kernel_ladders.py and tests/test_conformance.py. float32 is for
 training, float64 for checks (it agrees with the reference to 1e-10).
 
 `set_threads(n)` (tinyvit.threads) sets one count for numba's pool

@@ -9,7 +9,8 @@ Every check also asserts that the kernel left its inputs untouched.
 
 Each kernel file keeps its ladder of variants, plain to fast, in a VARIANTS table;
 every variant is checked here against the same specification, and the backend is
-checked to run the last one.
+checked to run the last one. The ladders of patchify, the optimiser and the head's
+ops (numba_patchify, numba_adamw, numba_head) are checked in tests/test_kernel_ladders.py.
 """
 
 import functools
@@ -26,7 +27,6 @@ from tinyvit.kernels import (
     numba_layernorm,
     numba_linear,
     numba_loss,
-    numba_patchify,
 )
 
 from tinyvit import layers, optim
@@ -249,25 +249,6 @@ def test_add_rejects_mismatched_shapes():
         numba_embed.add(np.zeros((2, 3)), np.zeros((3, 2)))
 
 
-@given(seed=seeds, dtype=dtypes, batch=small, grid=st.integers(1, 3), p=st.integers(1, 3), c=st.integers(1, 3))
-def test_patchify_matches_reference_and_unpatchify_inverts_it(seed, dtype, batch, grid, p, c):
-    """Patchify is a pure rearrangement: equal to the reference exactly, and undone by unpatchify."""
-    rng = np.random.default_rng(seed)
-    images = draw(rng, (batch, grid * p, grid * p, c), dtype)
-    before = snapshot(images)
-    patches, cache = numba_patchify.patchify_forward(images, p)
-    assert_unchanged(before, [images])
-    assert np.array_equal(patches, layers.patchify(images, p))
-    assert cache == layers.patchify_forward(images, p)[1]
-    back = numba_patchify.patchify_backward(patches, cache)
-    assert np.array_equal(back, images)
-
-
-def test_patchify_rejects_a_patch_that_does_not_divide_the_image():
-    with pytest.raises(ValueError, match="must divide"):
-        numba_patchify.patchify(np.zeros((1, 6, 6, 3)), 4)
-
-
 @variants(numba_loss.VARIANTS)
 @given(seed=seeds, dtype=dtypes, batch=small, k=st.integers(2, 6), smoothing=st.sampled_from([0.0, 0.1, 0.5]))
 def test_cross_entropy_matches_reference(variant, seed, dtype, batch, k, smoothing):
@@ -312,50 +293,6 @@ def test_count_correct_matches_reference(seed, dtype, batch, k):
 def test_cross_entropy_rejects_labels_out_of_range():
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
         numba_loss.cross_entropy_forward(np.zeros((2, 3)), np.array([0, 3]))
-
-
-# Sizes below and above PARALLEL_MIN, so both the serial and the chunked parallel kernels run.
-optimizer_sizes = st.sampled_from([1, 7, 300, numba_adamw.PARALLEL_MIN + 5 * numba_adamw.CHUNK // 2])
-
-
-@given(seed=seeds, dtype=dtypes, size=optimizer_sizes, step=st.integers(1, 5), wd=st.sampled_from([0.0, 0.05]))
-def test_adamw_update_matches_the_optim_specification(seed, dtype, size, step, wd):
-    """New param, m and v, exactly as tinyvit.optim.adamw_update; no input written."""
-    rng = np.random.default_rng(seed)
-    param, grad, m = draw(rng, (size,), dtype), draw(rng, (size,), dtype), draw(rng, (size,), dtype, 0.1)
-    v = np.abs(draw(rng, (size,), dtype, 0.01))
-    hp = optim.AdamWStep(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=wd, step=step)
-    ref = [a.astype(np.float64) for a in (param, grad, m, v)]
-    before = snapshot(param, grad, m, v)
-    new = numba_adamw.adamw_update(param, grad, m, v, hp)
-    expected = optim.adamw_update(*ref, hp)
-    assert_unchanged(before, [param, grad, m, v])
-    for name, got, want in zip(("param", "m", "v"), new, expected):
-        assert_close("adamw " + name, got, want, dtype)
-
-
-def test_adamw_update_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match="share a shape"):
-        numba_adamw.adamw_update(np.zeros(3), np.zeros(4), np.zeros(3), np.zeros(3), optim.AdamWStep(1, 0.9, 0.9, 1, 0, 1))
-
-
-@given(seed=seeds, dtype=dtypes, sizes=st.lists(optimizer_sizes, min_size=1, max_size=3), factor=st.floats(0.1, 2))
-def test_global_norm_and_scale_match_the_optim_specification(seed, dtype, sizes, factor):
-    """sum_of_squares (float64) over a list of arrays, and scale of all of them into new arrays."""
-    rng = np.random.default_rng(seed)
-    arrays = [draw(rng, (s,), dtype) for s in sizes]
-    ref = [a.astype(np.float64) for a in arrays]
-    before = snapshot(*arrays)
-    total = numba_adamw.sum_of_squares(arrays)
-    assert_unchanged(before, arrays)
-    assert isinstance(total, np.float64)
-    assert abs(total - optim.sum_of_squares(ref)) <= 1e-12 * optim.sum_of_squares(ref)
-    scaled = numba_adamw.scale(arrays, factor)
-    assert_unchanged(before, arrays)
-    want = optim.scale(ref, factor)
-    assert len(scaled) == len(want) == len(arrays)
-    for a, r in zip(scaled, want):
-        assert_close("scale", a, r, dtype)
 
 
 def test_kernels_use_the_specifications_caches_and_eps():
