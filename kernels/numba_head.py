@@ -9,11 +9,11 @@ tokens accumulate in float64.
 Variants, plain to fast, one table per op (name -> (forward, backward), the last is the default):
 GELU_TANH_VARIANTS   fc1 + tanh GELU; the product x @ W goes to BLAS in both rungs, what changes
                      is the pass over its (R, M) output.
-    1_loops          the formula as written, one element after another: z = h + b, then
+    1_loops          the formula as written, one element after another: z = h + b (written
+                     over the fresh product, which becomes the cache), then
                      0.5 z (1 + tanh(c (z + a z^3))) with `math.tanh`, in float64; backward
                      gelu'(z) per element, dbias summed in the same pass.
-    2_parallel       rows in parallel (`prange`), the bias add fused into the GELU pass, in place
-                     in the fresh product (which becomes the cache z); backward's dbias by
+    2_parallel       the same pass with rows in parallel (`prange`); backward's dbias by
                      `column_sums`, a parallel reduction without atomics. As numba_gelu.py's
                      2_erfc_rows does for the erf form.
 POS_EMBED_VARIANTS   x (B, N, D) + the (N, D) table.
