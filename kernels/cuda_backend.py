@@ -12,7 +12,7 @@ Where each op lives:
     cuda_linear       linear forward/backward
     cuda_gelu         linear + fused bias/GELU
     cuda_head         the official checkpoints' options: tanh GELU, no class token, mean pooling, pre_logits' tanh
-    cuda_layernorm    LayerNorm
+    cuda_layernorm    LayerNorm, and the residual add fused with it
     cuda_attention    head split/merge, row softmax, attention forward/backward
     cuda_loss         cross-entropy
     cuda_adamw        the AdamW update
@@ -33,7 +33,12 @@ from . import cuda_head as head
 from .cuda_adamw import adamw_update
 from .cuda_attention import attention_backward, attention_forward, attention_probs
 from .cuda_gelu import linear_gelu_backward, linear_gelu_forward
-from .cuda_layernorm import layernorm_backward, layernorm_forward
+from .cuda_layernorm import (
+    add_layernorm_backward,
+    add_layernorm_forward,
+    layernorm_backward,
+    layernorm_forward,
+)
 from .cuda_linear import linear_backward, linear_forward
 from .cuda_loss import count_correct, cross_entropy_backward, cross_entropy_forward
 from .cuda_reduce import sum_of_squares
@@ -61,6 +66,8 @@ BACKEND = Backend(
     embed_backward=ew.embed_backward,
     layernorm_forward=layernorm_forward,
     layernorm_backward=layernorm_backward,
+    add_layernorm_forward=add_layernorm_forward,
+    add_layernorm_backward=add_layernorm_backward,
     attention_forward=attention_forward,
     attention_backward=attention_backward,
     attention_probs=attention_probs,

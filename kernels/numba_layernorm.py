@@ -15,6 +15,16 @@ Variants, plain to fast (VARIANTS: name -> (forward, backward), the last is the 
                   sums over rows become a parallel reduction without atomics: each chunk of
                   CHUNK_ROWS rows adds into its own float64 partial, and the few partials are
                   added at the end.
+
+The residual add fused with the LayerNorm after it (ADD_VARIANTS, the same shape of
+ladder; the specification is tinyvit.layers.layernorm.add_layernorm_*). Composed, the
+add reads x and h and writes s, then LayerNorm reads s again and writes y; backward
+writes LayerNorm's dx, then the add reads it back with ds. Fused, each row of s is made
+and normalised while it sits in L1 cache, and ds is added to a row of dx before it
+leaves: one pass over (R, D) saved each way.
+1_loops           one row after another: s = x + h written, then the row kernel above on
+                  it; backward is the row kernel above, then ds added to the row of dx.
+2_parallel_rows   the same over the cores, rows (forward) and chunks of rows (backward).
 """
 
 from typing import NamedTuple
@@ -68,6 +78,22 @@ def _row_backward(dout, x, weight, mean, rstd, dx, dw, db, r):
         dx[r, j] = inv * (dout[r, j] * weight[j] - mg - xhat * mgx)
 
 
+@njit(fastmath=FASTMATH, cache=True, inline="always")
+def _add_normalise_row(x, h, weight, bias, eps, s, out, mean, rstd, r):
+    """Row r: s[r] = x[r] + h[r], then normalised into out[r] (the row is still in L1 cache)."""
+    for j in range(x.shape[1]):
+        s[r, j] = x[r, j] + h[r, j]
+    _normalise_row(s, weight, bias, eps, out, mean, rstd, r)
+
+
+@njit(fastmath=FASTMATH, cache=True, inline="always")
+def _row_backward_add(dout, x, weight, mean, rstd, dresid, dx, dw, db, r):
+    """Row r: LayerNorm's dx[r], then the residual stream's own gradient dresid[r] added to it."""
+    _row_backward(dout, x, weight, mean, rstd, dx, dw, db, r)
+    for j in range(x.shape[1]):
+        dx[r, j] = dresid[r, j] + dx[r, j]
+
+
 # -- 1_loops --------------------------------------------------------------------------------------
 
 
@@ -86,6 +112,24 @@ def layernorm_rows_backward_loops(dout, x, weight, mean, rstd, dx):
     db = np.zeros((1, D), dtype=np.float64)
     for r in range(x.shape[0]):
         _row_backward(dout, x, weight, mean, rstd, dx, dw[0], db[0], r)
+    return sum_partials(dw, x.dtype), sum_partials(db, x.dtype)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def add_layernorm_rows_forward_loops(x, h, weight, bias, eps, s, out, mean, rstd):
+    """x, h (R, D) -> s = x + h and out = LayerNorm(s), (R, D); mean and rstd (R,) written. One row at a time."""
+    for r in range(x.shape[0]):
+        _add_normalise_row(x, h, weight, bias, eps, s, out, mean, rstd, r)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def add_layernorm_rows_backward_loops(dout, x, weight, mean, rstd, dresid, dx):
+    """dx = dresid + LayerNorm's dx, (R, D), written; returns (dweight, dbias). One row at a time."""
+    D = x.shape[1]
+    dw = np.zeros((1, D), dtype=np.float64)
+    db = np.zeros((1, D), dtype=np.float64)
+    for r in range(x.shape[0]):
+        _row_backward_add(dout, x, weight, mean, rstd, dresid, dx, dw[0], db[0], r)
     return sum_partials(dw, x.dtype), sum_partials(db, x.dtype)
 
 
@@ -109,6 +153,26 @@ def layernorm_rows_backward(dout, x, weight, mean, rstd, dx):
     for c in prange(chunks):
         for r in range(c * CHUNK_ROWS, min(R, (c + 1) * CHUNK_ROWS)):
             _row_backward(dout, x, weight, mean, rstd, dx, pw[c], pb[c], r)
+    return sum_partials(pw, x.dtype), sum_partials(pb, x.dtype)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def add_layernorm_rows_forward(x, h, weight, bias, eps, s, out, mean, rstd):
+    """x, h (R, D) -> s = x + h and out = LayerNorm(s), (R, D); mean and rstd (R,) written. Rows in parallel."""
+    for r in prange(x.shape[0]):
+        _add_normalise_row(x, h, weight, bias, eps, s, out, mean, rstd, r)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def add_layernorm_rows_backward(dout, x, weight, mean, rstd, dresid, dx):
+    """dx = dresid + LayerNorm's dx, (R, D), written; returns (dweight, dbias). Chunks of rows in parallel."""
+    R, D = x.shape
+    chunks = (R + CHUNK_ROWS - 1) // CHUNK_ROWS
+    pw = np.zeros((chunks, D), dtype=np.float64)
+    pb = np.zeros((chunks, D), dtype=np.float64)
+    for c in prange(chunks):
+        for r in range(c * CHUNK_ROWS, min(R, (c + 1) * CHUNK_ROWS)):
+            _row_backward_add(dout, x, weight, mean, rstd, dresid, dx, pw[c], pb[c], r)
     return sum_partials(pw, x.dtype), sum_partials(pb, x.dtype)
 
 
@@ -160,7 +224,53 @@ def layernorm_backward(dout, cache):
     return _backward(layernorm_rows_backward, dout, cache)
 
 
+def _add_forward(row_kernel, x, h, weight, bias, eps):
+    if x.shape != h.shape:
+        raise ValueError(f"add_layernorm expects x and h of equal shapes, got {x.shape} and {h.shape}")
+    x2, h2 = rows(x), rows(h)
+    s, out = np.empty_like(x2), np.empty_like(x2)
+    mean = np.empty(x2.shape[0], dtype=np.float64)
+    rstd = np.empty(x2.shape[0], dtype=np.float64)
+    row_kernel(x2, h2, weight, bias, eps, s, out, mean, rstd)
+    return (s.reshape(x.shape), out.reshape(x.shape)), LayerNormCache(s, weight, mean, rstd)
+
+
+def _add_backward(row_kernel, dout, cache):
+    ds, dy = dout
+    if ds.shape != dy.shape:
+        raise ValueError(f"add_layernorm_backward expects ds and dy of equal shapes, got {ds.shape} and {dy.shape}")
+    x2, weight, mean, rstd = cache
+    dx = np.empty_like(x2)
+    dweight, dbias = row_kernel(rows(dy), x2, weight, mean, rstd, rows(ds), dx)
+    return dx.reshape(dy.shape), dweight, dbias
+
+
+def add_layernorm_forward_loops(x, h, weight, bias, eps=EPS):
+    """x, h (..., D) -> ((s = x + h, LayerNorm(s)), cache) (rows one after another)."""
+    return _add_forward(add_layernorm_rows_forward_loops, x, h, weight, bias, eps)
+
+
+def add_layernorm_backward_loops(dout, cache):
+    """dout = (ds, dy) (..., D) -> ds + LayerNorm's dx (..., D), dweight (D,), dbias (D,) (rows one after another)."""
+    return _add_backward(add_layernorm_rows_backward_loops, dout, cache)
+
+
+def add_layernorm_forward(x, h, weight, bias, eps=EPS):
+    """x, h (..., D) -> ((s = x + h, LayerNorm(s)), cache) (rows in parallel)."""
+    return _add_forward(add_layernorm_rows_forward, x, h, weight, bias, eps)
+
+
+def add_layernorm_backward(dout, cache):
+    """dout = (ds, dy) (..., D) -> ds + LayerNorm's dx (..., D), dweight (D,), dbias (D,) (rows in parallel)."""
+    return _add_backward(add_layernorm_rows_backward, dout, cache)
+
+
 VARIANTS = {
     "1_loops": (layernorm_forward_loops, layernorm_backward_loops),
     "2_parallel_rows": (layernorm_forward, layernorm_backward),
+}
+
+ADD_VARIANTS = {
+    "1_loops": (add_layernorm_forward_loops, add_layernorm_backward_loops),
+    "2_parallel_rows": (add_layernorm_forward, add_layernorm_backward),
 }

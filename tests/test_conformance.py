@@ -33,6 +33,7 @@ DTYPES = [np.float64, np.float32]
 pytestmark = pytest.mark.usefixtures("small_cuda_blocks", "fast_simulator_barriers")  # tests/conftest.py
 
 # name -> (forward(ops, *inputs) -> (out, cache), backward(ops, dout, cache) -> tuple of grads, input shapes).
+# An op with several outputs gives them as a tuple, and its backward takes a tuple dout of their shapes.
 # Shapes are small (the CUDA simulator runs kernels as Python threads) but not degenerate:
 # B=2, N=5 tokens, D=8, 2 heads, MLP 12, K=3 classes, 4x4 images of patch 2.
 OPS = {
@@ -46,6 +47,9 @@ OPS = {
               [(2, 4, 8), (8,), (5, 8)]),
     "layernorm": (lambda o, x, w, b: o.layernorm_forward(x, w, b), lambda o, d, c: o.layernorm_backward(d, c),
                   [(2, 5, 8), (8,), (8,)]),
+    # the residual add fused with the LayerNorm after it: outputs (s, y), dout (ds, dy)
+    "add_layernorm": (lambda o, x, h, w, b: o.add_layernorm_forward(x, h, w, b),
+                      lambda o, d, c: o.add_layernorm_backward(d, c), [(2, 5, 8), (2, 5, 8), (8,), (8,)]),
     "attention": (lambda o, qkv: o.attention_forward(qkv, 2), lambda o, d, c: (o.attention_backward(d, c),),
                   [(2, 5, 24)]),
     "class_token": (lambda o, x: o.class_token_forward(x), lambda o, d, c: (o.class_token_backward(d, c),),
@@ -103,16 +107,24 @@ def test_layer_forward_and_backward_match_the_specification(backend, op, dtype):
     rng = np.random.default_rng(sorted(OPS).index(op))
     inputs = [rng.standard_normal(s) for s in shapes]
     want_out, want_cache = forward(spec, *inputs)
-    dout = rng.standard_normal(np.shape(want_out))
-    want_grads = backward(spec, dout, want_cache)
+    several = isinstance(want_out, tuple)
+    want_outs = want_out if several else (want_out,)
+    douts = tuple(rng.standard_normal(np.shape(w)) for w in want_outs)
+    want_grads = backward(spec, douts if several else douts[0], want_cache)
 
     dev_inputs = [ops.asarray(x, dtype) for x in inputs]
     out, cache = forward(ops, *dev_inputs)
-    _check(f"{op} forward", _host(ops, out), want_out, dtype)
-    grads = backward(ops, ops.asarray(dout, dtype), cache)
+    outs = out if several else (out,)
+    assert len(outs) == len(want_outs), f"{op} forward gives {len(outs)} outputs, expected {len(want_outs)}"
+    for i, (o, w) in enumerate(zip(outs, want_outs)):
+        _check(f"{op} forward" + (f" output {i}" if several else ""), _host(ops, o), w, dtype)
+    dev_douts = tuple(ops.asarray(d, dtype) for d in douts)
+    grads = backward(ops, dev_douts if several else dev_douts[0], cache)
     assert len(grads) == len(want_grads), f"{op} backward gives {len(grads)} gradients, expected {len(want_grads)}"
     for i, (g, w) in enumerate(zip(grads, want_grads)):
         _check(f"{op} gradient {i}", _host(ops, g), w, dtype)
+    for i, (d, dd) in enumerate(zip(douts, dev_douts)):
+        assert np.array_equal(ops.to_numpy(dd), d.astype(dtype)), f"{op} backward wrote into dout {i}"
     for i, (x, d) in enumerate(zip(inputs, dev_inputs)):
         assert np.array_equal(ops.to_numpy(d), x.astype(dtype)), f"{op} wrote into input {i}"
     if op in ("attention", "attention_bias"):

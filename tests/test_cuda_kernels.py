@@ -269,6 +269,27 @@ def test_layernorm_matches_the_specification(dtype):
     np.testing.assert_array_equal(host(dd), dout.astype(dtype), "backward wrote into dout")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_layernorm_matches_the_specification(dtype):
+    """The residual add fused with LayerNorm: rows of D=13 over 4 threads, s and y out, ds added to dx."""
+    x, h = rng_normal(60, 2, 3, 13) * 3.0 + 1.5, rng_normal(61, 2, 3, 13)
+    w, b = rng_normal(62, 13), rng_normal(63, 13)
+    ds, dy = rng_normal(64, 2, 3, 13), rng_normal(65, 2, 3, 13)
+    inputs = [dev(a, dtype) for a in (x, h, w, b)]
+    (s, y), cache = ops.add_layernorm_forward(*inputs)
+    (want_s, want_y), ref_cache = layers.add_layernorm_forward(x, h, w, b)
+    assert_close(host(s), want_s, TOL[dtype], "add_layernorm s")
+    assert_close(host(y), want_y, TOL[dtype], "add_layernorm y")
+    dd = (dev(ds, dtype), dev(dy, dtype))
+    tol = {np.float64: 1e-12, np.float32: 2e-5}[dtype]
+    _check_backward(ops.add_layernorm_backward(dd, cache), layers.add_layernorm_backward((ds, dy), ref_cache), tol,
+                    "add_layernorm backward", ("dx", "dweight", "dbias"))  # fmt: skip
+    for a, want in zip((*inputs, *dd), (x, h, w, b, ds, dy)):
+        np.testing.assert_array_equal(host(a), want.astype(dtype), "add_layernorm wrote into an input")
+    with pytest.raises(ValueError, match="shape"):
+        ops.add_layernorm_forward(inputs[0], dev(h[:, :2], dtype), inputs[2], inputs[3])
+
+
 def test_softmax_rows_sum_to_one_and_match_the_specification():
     x = rng_normal(28, 6, 11) * 10.0  # large logits: the max subtraction has to work
     got = host(softmax_rows_(dev(x, np.float64), 0.5))

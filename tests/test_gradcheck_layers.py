@@ -27,6 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tinyvit import layers
+from tinyvit.gradcheck import on_grid
 
 
 @given(data=st.data())
@@ -149,6 +150,28 @@ def test_layernorm_backward_matches_finite_differences(data):
     check_layer(
         layers.layernorm_forward, layers.layernorm_backward, [x, weight, bias],
         tol=TOLERANCE["layernorm"], h=STEP["layernorm"], names=["x", "weight", "bias"],
+    )  # fmt: skip
+
+
+@given(data=st.data())
+def test_add_layernorm_backward_matches_finite_differences(data):
+    """add_layernorm_backward gives ds + LayerNorm's dx (the gradient of x and of h), dweight, dbias.
+
+    Tolerance 3e-4, step h = 2^-17, inputs on a grid of 2^-20 (tinyvit.gradcheck.add_layernorm_case
+    says why: s = x + h and x +- h stay exact). Both outputs, s and y, get a random upstream
+    gradient; the worst entries are those where ds and LayerNorm's dx nearly cancel.
+    """
+    B, N, D = data.draw(S.batch), data.draw(S.tokens), data.draw(st.integers(3, 8))
+    x, h = (on_grid(data.draw(S.generic_arrays((B, N, D)))) for _ in range(2))
+    weight, bias = (on_grid(data.draw(S.generic_arrays((D,)))) for _ in range(2))
+
+    def backward(dout, cache):
+        dx, dweight, dbias = layers.add_layernorm_backward(dout, cache)
+        return dx, dx, dweight, dbias  # s = x + h hands x and h the same gradient
+
+    check_layer(
+        layers.add_layernorm_forward, backward, [x, h, weight, bias],
+        tol=TOLERANCE["add_layernorm"], h=STEP["add_layernorm"], names=["x", "h", "weight", "bias"],
     )  # fmt: skip
 
 

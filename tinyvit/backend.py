@@ -48,6 +48,9 @@ class Backend:
     embed_backward: Callable
     layernorm_forward: Callable
     layernorm_backward: Callable
+    # a residual add and the LayerNorm after it, fused; the cache is LayerNorm's of s = x + h
+    add_layernorm_forward: Callable  # (x, h, weight, bias) -> ((s, LayerNorm(s)), cache)
+    add_layernorm_backward: Callable  # ((ds, dy), cache) -> (ds + LayerNorm's dx, dweight, dbias)
     attention_forward: Callable
     attention_backward: Callable
     attention_probs: Callable  # attention cache -> probs (B, H, N, N)

@@ -72,6 +72,7 @@ FLOOR = 1e-8  # denominator floor of rel_error
 STEP = {
     "patchify": LINEAR_H, "linear": LINEAR_H, "embed": LINEAR_H, "class_token": LINEAR_H,
     "gelu": H, "linear_gelu": H, "layernorm": H, "attention": H, "cross_entropy": H, "model": H,
+    "add_layernorm": 2.0**-17,  # with inputs on GRID: see add_layernorm_case
     # the options of the official checkpoints (tests/test_model_options.py)
     "gelu_tanh": H, "linear_gelu_tanh": H, "tanh": H, "token_mean": LINEAR_H, "pos_embed": LINEAR_H,
     # the relative position bias (tests/test_rel_pos_bias.py)
@@ -85,6 +86,7 @@ STEP = {
 TOLERANCE = {
     "patchify": 1e-12, "linear": 1e-10, "embed": 1e-10, "class_token": 1e-12,
     "gelu": 1e-5, "linear_gelu": 3e-4, "layernorm": 1e-4, "attention": 3e-4, "cross_entropy": 1e-4,
+    "add_layernorm": 3e-4,  # dx = ds + LayerNorm's dx: a sum that now and then cancels to a tiny entry
     "model": 1e-6,
     "gelu_tanh": 1e-5, "linear_gelu_tanh": 3e-4, "tanh": 1e-7, "token_mean": 1e-12, "pos_embed": 1e-10,
     # attention_bias is attention's softmax with one more linear input: attention's bound; the
@@ -120,7 +122,8 @@ def numerical_grad(f, x, dout, h: float = H) -> np.ndarray:
     """d/dx of sum(f(x) * dout), by centred differences, entry by entry; same shape as x.
 
     f maps an array shaped like x to an array shaped like dout (or to a scalar,
-    with dout a scalar). x is not modified: the perturbations are made in a copy.
+    with dout a scalar; or to a tuple of equal-shaped arrays, with dout a tuple
+    like it). x is not modified: the perturbations are made in a copy.
 
     The contraction is applied to the difference, sum((f(x+h) - f(x-h)) * dout),
     rather than taking the difference of two contractions. It is the same number
@@ -144,6 +147,8 @@ def numerical_grad(f, x, dout, h: float = H) -> np.ndarray:
 
 
 def _random_dout(out, rng):
+    if isinstance(out, tuple):  # a layer with several outputs gets an upstream gradient for each
+        return tuple(_random_dout(o, rng) for o in out)
     if np.ndim(out) == 0:
         return float(
             rng.normal()
@@ -391,6 +396,33 @@ def layernorm_case(rng, ops):
     )
 
 
+GRID = 2.0**20  # add_layernorm's inputs are multiples of 1 / GRID
+
+
+def on_grid(a):
+    """a rounded to a multiple of 1 / GRID."""
+    return np.round(a * GRID) / GRID
+
+
+def add_layernorm_case(rng, ops):
+    """LayerNorm's shapes, with x and h both drawn; every output (s and y) gets its own upstream
+    gradient. h's gradient is x's (s = x + h), returned by the op once and checked for both.
+
+    The inputs lie on a grid of 2^-20 and the step is 2^-17, so x +- step and s = x + h are
+    exact in float64: the residual output s adds no rounding to the difference quotient (with
+    h = 1e-6 it added ~4e-10 * |ds|), and the larger step shrinks LayerNorm's own rounding noise.
+    What is left are the entries where ds + LayerNorm's dx cancels to ~1e-8 of its row: measured
+    worst over 12,000 draws 9e-5, hence 3e-4."""
+    B, N, D = _dims(rng, (1, 3), (2, 6), (3, 8))
+    inputs = [on_grid(_uniform(rng, s)) for s in ((B, N, D), (B, N, D), (D,), (D,))]
+
+    def backward(dout, cache):
+        dx, dweight, dbias = ops.add_layernorm_backward(dout, cache)
+        return dx, dx, dweight, dbias
+
+    return Case(ops.add_layernorm_forward, backward, inputs, ["x", "h", "weight", "bias"])
+
+
 def attention_case(rng, ops):
     B, N, heads, Dh = _dims(rng, (1, 3), (2, 6), (1, 3), (1, 4))
     qkv = _uniform(rng, (B, N, 3 * heads * Dh))
@@ -447,6 +479,10 @@ CHECKS: dict[str, Check] = {
         "dx = rstd (g - mean(g) - xhat mean(g xhat)): the terms through the mean and the variance",
         layernorm_case,
         "entries of dx that the normalisation nearly cancels are ~1e-5 of their row"),
+    "add_layernorm": Check(
+        "d(x + h) = ds + LayerNorm's dx: the residual stream's gradient and the norm's, summed",
+        add_layernorm_case,
+        "dx = ds + LayerNorm's dx now and then cancels to a tiny entry; inputs on a grid keep s exact"),
     "attention": Check(
         "dqkv through softmax(q k^T / sqrt(Dh)) v for every head, the softmax Jacobian included",
         attention_case,
@@ -586,9 +622,13 @@ def _on_host(ops: Backend, case: Case) -> Case:
         return case
 
     def to_backend(a):
+        if isinstance(a, tuple):
+            return tuple(to_backend(x) for x in a)
         return ops.asarray(a, np.float64) if isinstance(a, np.ndarray) else a
 
     def to_host(a):
+        if isinstance(a, tuple):  # several outputs
+            return tuple(to_host(x) for x in a)
         return (
             a if np.ndim(a) == 0 and not hasattr(a, "copy_to_host") else ops.to_numpy(a)
         )
@@ -599,7 +639,7 @@ def _on_host(ops: Backend, case: Case) -> Case:
 
     def backward(dout, cache):
         grads = case.backward(
-            to_backend(np.asarray(dout)) if np.ndim(dout) else dout, cache
+            to_backend(dout if isinstance(dout, tuple) else np.asarray(dout)) if np.ndim(dout) else dout, cache
         )
         return (
             tuple(to_host(g) for g in grads)

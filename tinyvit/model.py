@@ -208,10 +208,13 @@ def forward(cfg: ViTConfig, ops, params: dict, images, keep_cache: bool = True):
     else:  # "gap" with no position embedding: the patch tokens are the tokens
         c_embed = None
     fc1_forward = ops.linear_gelu_tanh_forward if cfg.gelu == "tanh" else ops.linear_gelu_forward
+    # Each residual add runs fused with the LayerNorm after it (add_layernorm_forward: the new
+    # residual stream x and its normalised h in one pass): norm2 after the attention branch, the
+    # next block's norm1 (or the final norm) after the MLP. Only block 0's norm1 has no add before it.
+    h, c_n1 = ops.layernorm_forward(x, p["blocks.0.norm1.weight"], p["blocks.0.norm1.bias"])
     blocks = []
     for i in range(cfg.depth):
         b = f"blocks.{i}."
-        h, c_n1 = ops.layernorm_forward(x, p[b + "norm1.weight"], p[b + "norm1.bias"])
         h, c_qkv = ops.linear_forward(h, p[b + "attn.qkv.weight"], p[b + "attn.qkv.bias"])  # (B, N, 3D)
         c_rel = None
         if cfg.rel_pos_bias:
@@ -220,18 +223,21 @@ def forward(cfg: ViTConfig, ops, params: dict, images, keep_cache: bool = True):
         else:
             h, c_attn = ops.attention_forward(h, cfg.heads)  # (B, N, D)
         h, c_proj = ops.linear_forward(h, p[b + "attn.proj.weight"], p[b + "attn.proj.bias"])
-        x = ops.add(x, h)
-        h, c_n2 = ops.layernorm_forward(x, p[b + "norm2.weight"], p[b + "norm2.bias"])
+        (x, h), c_n2 = ops.add_layernorm_forward(x, h, p[b + "norm2.weight"], p[b + "norm2.bias"])
         h, c_fc1 = fc1_forward(h, p[b + "mlp.fc1.weight"], p[b + "mlp.fc1.bias"])  # (B, N, M)
         h, c_fc2 = ops.linear_forward(h, p[b + "mlp.fc2.weight"], p[b + "mlp.fc2.bias"])
-        x = ops.add(x, h)
         if keep_cache:
             blocks.append(BlockCache(c_n1, c_qkv, c_attn, c_proj, c_n2, c_fc1, c_fc2, c_rel))
-    if cfg.has_class_token:
+        if i + 1 < cfg.depth:  # x + h into the next block's norm1
+            n = f"blocks.{i + 1}.norm1."
+            (x, h), c_n1 = ops.add_layernorm_forward(x, h, p[n + "weight"], p[n + "bias"])
+    # the last block's x + h into the final norm; nothing reads that sum but the norm
+    if cfg.has_class_token:  # only the class token's row is normalised: add just that row
         x, c_pool = ops.class_token_forward(x)  # (B, D)
-        x, c_norm = ops.layernorm_forward(x, p["norm.weight"], p["norm.bias"])
+        h, _ = ops.class_token_forward(h)
+        (_, x), c_norm = ops.add_layernorm_forward(x, h, p["norm.weight"], p["norm.bias"])
     else:  # every token is normalised, then averaged
-        x, c_norm = ops.layernorm_forward(x, p["norm.weight"], p["norm.bias"])  # (B, N, D)
+        (_, x), c_norm = ops.add_layernorm_forward(x, h, p["norm.weight"], p["norm.bias"])  # (B, N, D)
         x, c_pool = ops.token_mean_forward(x)  # (B, D)
     c_pre = None
     if cfg.pre_logits is not None:
@@ -248,13 +254,15 @@ def backward(cfg: ViTConfig, ops, dlogits, cache: ModelCache) -> dict:
     """dlogits (B, K) -> the gradient of every parameter, in forward order.
 
     The chain rule, layer by layer in reverse; the gradients reaching the residual
-    stream x from both branches of a block are summed here."""
+    stream x from both branches of a block are summed here, each inside the
+    backward of the LayerNorm the branch starts with (add_layernorm_backward)."""
     grads = {}
     dx, grads["head.weight"], grads["head.bias"] = ops.linear_backward(dlogits, cache.head)
     if cache.pre_logits is not None:
         c_dense, c_tanh = cache.pre_logits
         dx = ops.tanh_backward(dx, c_tanh)
         dx, grads["pre_logits.weight"], grads["pre_logits.bias"] = ops.linear_backward(dx, c_dense)
+    # the final norm's input is read by nothing else: a plain LayerNorm backward on its cache
     if cfg.has_class_token:
         dx, grads["norm.weight"], grads["norm.bias"] = ops.layernorm_backward(dx, cache.norm)
         dx = ops.class_token_backward(dx, cache.pool)  # (B, N, D)
@@ -264,11 +272,11 @@ def backward(cfg: ViTConfig, ops, dlogits, cache: ModelCache) -> dict:
     fc1_backward = ops.linear_gelu_tanh_backward if cfg.gelu == "tanh" else ops.linear_gelu_backward
     for i in reversed(range(cfg.depth)):
         b, c = f"blocks.{i}.", cache.blocks[i]
-        # x = x + fc2(gelu(fc1(norm2(x)))): the residual passes dx through unchanged
+        # x = x + fc2(gelu(fc1(norm2(x)))): the residual passes dx through, and the branch's
+        # gradient joins it in norm2's backward
         dh, grads[b + "mlp.fc2.weight"], grads[b + "mlp.fc2.bias"] = ops.linear_backward(dx, c.fc2)
         dh, grads[b + "mlp.fc1.weight"], grads[b + "mlp.fc1.bias"] = fc1_backward(dh, c.fc1)
-        dh, grads[b + "norm2.weight"], grads[b + "norm2.bias"] = ops.layernorm_backward(dh, c.norm2)
-        dx = ops.add(dx, dh)
+        dx, grads[b + "norm2.weight"], grads[b + "norm2.bias"] = ops.add_layernorm_backward((dx, dh), c.norm2)
         # x = x + proj(attention(qkv(norm1(x))))
         dh, grads[b + "attn.proj.weight"], grads[b + "attn.proj.bias"] = ops.linear_backward(dx, c.proj)
         if cfg.rel_pos_bias:
@@ -277,8 +285,7 @@ def backward(cfg: ViTConfig, ops, dlogits, cache: ModelCache) -> dict:
         else:
             dh = ops.attention_backward(dh, c.attn)  # (B, N, 3D)
         dh, grads[b + "attn.qkv.weight"], grads[b + "attn.qkv.bias"] = ops.linear_backward(dh, c.qkv)
-        dh, grads[b + "norm1.weight"], grads[b + "norm1.bias"] = ops.layernorm_backward(dh, c.norm1)
-        dx = ops.add(dx, dh)
+        dx, grads[b + "norm1.weight"], grads[b + "norm1.bias"] = ops.add_layernorm_backward((dx, dh), c.norm1)
     # a fixed table's gradient is computed by the shared layers and dropped here
     if cfg.has_class_token:
         dx, grads["cls_token"], grads["pos_embed"] = ops.embed_backward(dx, cache.embed)

@@ -34,13 +34,20 @@ from .head import (
     token_mean_backward,
     token_mean_forward,
 )
-from .layernorm import layernorm_backward, layernorm_forward
+from .layernorm import (
+    add_layernorm_backward,
+    add_layernorm_forward,
+    layernorm_backward,
+    layernorm_forward,
+)
 from .linear import linear_backward, linear_forward
 from .loss import count_correct, cross_entropy_backward, cross_entropy_forward
 from .patchify import patchify, patchify_backward, patchify_forward, unpatchify
 from .rel_pos import rel_pos_bias_backward, rel_pos_bias_forward
 
 __all__ = [
+    "add_layernorm_backward",
+    "add_layernorm_forward",
     "attention_backward",
     "attention_bias_backward",
     "attention_bias_forward",

@@ -2,6 +2,14 @@
 
 The cache keeps x, the mean and the inverse standard deviation (rstd); the
 normalised x is recomputed in backward rather than stored.
+
+Also the residual add fused with the LayerNorm that follows it, as a ViT block
+has it (x + branch, then norm2 or the next block's norm1): `add_layernorm_forward`
+gives both the new residual stream s = x + h and LayerNorm(s), and
+`add_layernorm_backward` adds the residual stream's own gradient to LayerNorm's
+dx. They are written here as the composition they stand for; a fast backend does
+each in one pass over the rows (reading x and h, writing s and y; reading dy and
+ds, writing dx) instead of two.
 """
 
 from typing import NamedTuple
@@ -44,3 +52,26 @@ def layernorm_backward(dout, cache):
     dweight = (rows * xhat.reshape(rows.shape)).sum(axis=0)
     dbias = rows.sum(axis=0)
     return dx, dweight, dbias
+
+
+def add_layernorm_forward(x, h, weight, bias, eps=EPS):
+    """x, h (..., D) -> ((s, y), cache): the residual add s = x + h, and y = LayerNorm(s), both (..., D).
+
+    The cache is LayerNorm's of s, so a plain layernorm_backward also runs on it
+    (the model's final norm, whose s nothing else reads)."""
+    s = x + h
+    y, cache = layernorm_forward(s, weight, bias, eps)
+    return (s, y), cache
+
+
+def add_layernorm_backward(dout, cache):
+    """dout = (ds, dy), each (..., D) -> dx (..., D), dweight (D,), dbias (D,).
+
+    s feeds the residual stream (gradient ds) and the LayerNorm (gradient dy), so
+    its gradient is their sum, ds + LayerNorm's dx; s = x + h hands it on unchanged
+    to x and to h, so dx is also h's gradient and is returned once. The cache may
+    be any LayerNorm cache: for a plain layernorm_forward(s) whose input also
+    feeds the residual stream (the first block's norm1), this is the same sum."""
+    ds, dy = dout
+    dnorm, dweight, dbias = layernorm_backward(dy, cache)
+    return ds + dnorm, dweight, dbias
