@@ -9,6 +9,7 @@ from tinyvit.gradcheck import (  # noqa: F401
     check_layer,
     directional_errors,
     numerical_grad,
+    on_grid,
     rel_error,
 )
 

@@ -22,12 +22,11 @@ from functools import partial
 
 import numpy as np
 import strategies as S
-from gradcheck import STEP, TOLERANCE, check_layer
+from gradcheck import STEP, TOLERANCE, check_layer, on_grid
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tinyvit import layers
-from tinyvit.gradcheck import on_grid
 
 
 @given(data=st.data())

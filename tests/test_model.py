@@ -279,6 +279,55 @@ def test_model_matches_a_per_head_reference(cfg):
         np.testing.assert_allclose(probs, ref, rtol=1e-10, atol=1e-12, err_msg=f"block {i} attention")
 
 
+# -- the residual add fused with the LayerNorm after it ---------------------------------------
+
+
+def _unfused(ops):
+    """`ops` with add_layernorm replaced by the composition it stands for: the backend's own residual
+    add, then its LayerNorm; backward, LayerNorm's backward, then the add of the two gradients."""
+
+    def forward(x, h, weight, bias):
+        s = ops.add(x, h)
+        y, cache = ops.layernorm_forward(s, weight, bias)
+        return (s, y), cache
+
+    def backward(dout, cache):
+        ds, dy = dout
+        dx, dweight, dbias = ops.layernorm_backward(dy, cache)
+        return ops.add(ds, dx), dweight, dbias
+
+    return dataclasses.replace(ops, name=ops.name + " unfused", add_layernorm_forward=forward,
+                               add_layernorm_backward=backward)  # fmt: skip
+
+
+# numpy float64: the fused op is the composition itself, so the two agree to the last bits (1e-12).
+# numba float32: s is the same float32 sum and its LayerNorm the same row kernel, so only the
+# compiler's ordering of a row's sums may differ: a few float32 roundings (eps 6e-8), bound 1e-6.
+@pytest.mark.parametrize("backend, dtype, tol", [("numpy", np.float64, 1e-12), ("numba", np.float32, 1e-6)])
+@pytest.mark.parametrize("classifier", ["token", "gap"])
+def test_the_fused_residual_add_gives_the_unfused_model(backend, dtype, tol, classifier):
+    """Loss, logits (training and inference) and every gradient with add_layernorm fused, against the same
+    model with the backend's separate add and LayerNorm in its place (the class token's final norm and
+    the gap one's are the two ends a fused add meets)."""
+    from backends import perturbed_params
+
+    from tinyvit.backend import get_backend
+
+    cfg = TESTING.replace(classifier=classifier)
+    params = perturbed_params(cfg)
+    images, labels = _batch(cfg, dtype=dtype)
+    ops = get_backend(backend)
+    fused, unfused = (ViT(cfg, dtype=dtype, backend=b, params=params) for b in (ops, _unfused(ops)))
+    loss, grads, logits = fused.loss_and_grads(images, labels, 0.1, return_logits=True)
+    want_loss, want_grads, want_logits = unfused.loss_and_grads(images, labels, 0.1, return_logits=True)
+    assert abs(float(loss) - float(want_loss)) <= tol * abs(float(want_loss)), f"loss {loss} against {want_loss}"
+    for name, got, want in [("logits", logits, want_logits), ("inference logits", fused.forward(images), want_logits),
+                            *((k, grads[k], want_grads[k]) for k in want_grads)]:  # fmt: skip
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        err = np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30)
+        assert err <= tol, f"{name}: fused and unfused differ by {err:.2e} of its largest entry (bound {tol:.0e})"
+
+
 # -- parameter counts ------------------------------------------------------------------------
 
 PARAM_COUNTS = {

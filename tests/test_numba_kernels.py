@@ -163,6 +163,36 @@ def test_layernorm_matches_reference(variant, seed, dtype, lead, d, shift):
         assert_close("layernorm " + name, g, r, dtype, scale=terms if name == "dx" else 0.0)
 
 
+@given(seed=seeds, dtype=dtypes, lead=st.lists(small, min_size=1, max_size=2), d=st.integers(2, 12),
+       shift=st.floats(-3, 3))  # fmt: skip
+@variants(numba_layernorm.ADD_VARIANTS)
+def test_add_layernorm_matches_reference(variant, seed, dtype, lead, d, shift):
+    """The residual add fused with LayerNorm: s = x + h and LayerNorm(s) out, ds + LayerNorm's dx back;
+    s is the float32 sum the separate add would give, and the cache is LayerNorm's of s."""
+    rng = np.random.default_rng(seed)
+    x, h = (draw(rng, (*lead, d), np.float64) + shift).astype(dtype), draw(rng, (*lead, d), dtype)
+    w, b = draw(rng, (d,), dtype), draw(rng, (d,), dtype)
+    ds, dy = draw(rng, (*lead, d), dtype), draw(rng, (*lead, d), dtype)
+    before = snapshot(x, h, w, b, ds, dy)
+    forward, backward = numba_layernorm.ADD_VARIANTS[variant]
+    (s, y), cache = forward(x, h, w, b)
+    grads = backward((ds, dy), cache)
+    assert_unchanged(before, [x, h, w, b, ds, dy])
+    assert s.dtype == y.dtype == dtype and np.array_equal(s, x + h), "s is not the residual add x + h"
+    x64, h64, w64, b64, ds64, dy64 = reference_inputs(x, h, w, b, ds, dy)
+    (ref_s, ref_y), ref_cache = layers.add_layernorm_forward(x64, h64, w64, b64)
+    assert_close("add_layernorm y", y, ref_y, dtype)
+    # as for LayerNorm, dx is measured against the size of the terms it is made of
+    terms = np.max(np.abs(ref_cache.rstd * dy64 * w64)) + np.max(np.abs(ds64))
+    want = layers.add_layernorm_backward((ds64, dy64), ref_cache)
+    for name, g, r in zip(("dx", "dweight", "dbias"), grads, want):
+        assert_close("add_layernorm " + name, g, r, dtype, scale=terms if name == "dx" else 0.0)
+    # the plain LayerNorm backward runs on the fused forward's cache (the model's final norm does)
+    dx, dweight, dbias = get_backend("numba").layernorm_backward(dy, cache)
+    for name, g, r in zip(("dx", "dweight", "dbias"), (dx, dweight, dbias), layers.layernorm_backward(dy64, ref_cache)):
+        assert_close("layernorm on the fused cache " + name, g, r, dtype, scale=terms if name == "dx" else 0.0)
+
+
 @given(seed=seeds, dtype=dtypes, batch=st.integers(1, 3), n=st.integers(1, 7), heads=st.integers(1, 3),
        dh=st.integers(1, 4), scale=st.sampled_from([0.5, 3.0]))  # fmt: skip
 @variants(ATTENTION_VARIANTS)
@@ -227,6 +257,10 @@ def test_the_backend_runs_each_files_last_variant():
         assert names == sorted(names, key=lambda n: int(n.split("_")[0])), f"{module.__name__}: {names}"
         assert module.VARIANTS[names[-1]] == ops, f"{module.__name__}: the backend does not run {names[-1]}"
     assert list(numba_embed.ADD_VARIANTS.values())[-1] is backend.add
+    names = list(numba_layernorm.ADD_VARIANTS)
+    assert names == sorted(names, key=lambda n: int(n.split("_")[0])), f"numba_layernorm.ADD_VARIANTS: {names}"
+    fused = (backend.add_layernorm_forward, backend.add_layernorm_backward)
+    assert numba_layernorm.ADD_VARIANTS[names[-1]] == fused, f"the backend does not run add_layernorm {names[-1]}"
 
 
 def test_flash_attention_keeps_no_square_array_and_recomputes_the_maps():
