@@ -21,6 +21,8 @@ norm (sum_of_squares) or the scaling (scale) of one gradient.
     linear            R,IN,OUT      rows x (R, IN) through a (IN, OUT) weight (default: the qkv layer)
     linear_gelu       R,IN,M        fc1 + GELU
     layernorm         R,D
+    add_layernorm     R,D           the residual add fused with the LayerNorm after it (first in
+                                    the table: the separate add and LayerNorm it replaces)
     attention         B,N,D,H       qkv (B, N, 3D), H heads
     embed             B,N,D         patch tokens (B, N-1, D) -> (B, N, D)
     add               R,D           the residual add
@@ -57,7 +59,7 @@ from tinyvit.config import get_preset
 from tinyvit.optim import AdamWStep
 from tinyvit.threads import set_threads
 
-OPS = ("linear", "linear_gelu", "layernorm", "attention", "embed", "add", "cross_entropy", "patchify",
+OPS = ("linear", "linear_gelu", "layernorm", "add_layernorm", "attention", "embed", "add", "cross_entropy", "patchify",
        "adamw", "sum_of_squares", "scale", "linear_gelu_tanh", "pos_embed", "token_mean", "tanh")  # fmt: skip
 OPTIMIZER_TABLES = {
     "adamw": numba_adamw.ADAMW_VARIANTS,
@@ -74,6 +76,7 @@ def default_shape(op: str, cfg, batch: int) -> tuple[int, ...]:
         "linear": (R, D, 3 * D),
         "linear_gelu": (R, D, cfg.mlp_dim),
         "layernorm": (R, D),
+        "add_layernorm": (R, D),
         "attention": (batch, N, D, cfg.heads),
         "embed": (batch, N, D),
         "add": (R, D),
@@ -101,6 +104,10 @@ def cases(op: str, shape: tuple[int, ...], dtype, rng):
     if op == "layernorm":
         R, D = shape
         return numba_layernorm.VARIANTS, (draw(R, D), draw(D), draw(D)), draw(R, D), 0.0
+    if op == "add_layernorm":  # two outputs, s and y: a gradient for each
+        R, D = shape
+        variants = {"add + layernorm": _separate_add_layernorm(), **numba_layernorm.ADD_VARIANTS}
+        return variants, (draw(R, D), draw(R, D), draw(D), draw(D)), (draw(R, D), draw(R, D)), 0.0
     if op == "attention":
         B, N, D, H = shape
         return numba_attention.VARIANTS, (draw(B, N, 3 * D), H), draw(B, N, D), 4.0 * B * N * N * D
@@ -139,6 +146,22 @@ def cases(op: str, shape: tuple[int, ...], dtype, rng):
         R, F = shape
         return numba_head.TANH_VARIANTS, (draw(R, F),), draw(R, F), 0.0
     raise ValueError(f"unknown op {op!r}")
+
+
+def _separate_add_layernorm():
+    """The residual add and the LayerNorm as two kernels (what add_layernorm fuses), as (forward, backward)."""
+
+    def forward(x, h, weight, bias):
+        s = numba_embed.add(x, h)
+        y, cache = numba_layernorm.layernorm_forward(s, weight, bias)
+        return (s, y), cache
+
+    def backward(dout, cache):
+        ds, dy = dout
+        dx, dweight, dbias = numba_layernorm.layernorm_backward(dy, cache)
+        return numba_embed.add(ds, dx), dweight, dbias
+
+    return forward, backward
 
 
 def loadavg() -> str:
