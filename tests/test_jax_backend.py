@@ -33,12 +33,19 @@ def _ops():
     return get_backend("jax")
 
 
+def _add_layernorm_backward(dout, cache):
+    """dout = (ds, dy), one per output; s = x + h gives x and h the same gradient, which the op returns once."""
+    dx, dweight, dbias = layers.add_layernorm_backward(dout, cache)
+    return dx, dx, dweight, dbias
+
+
 # name -> (forward(*inputs) -> (out, cache), backward(dout, cache) -> gradients, the inputs' shapes)
 LAYERS = {
     "linear": (layers.linear_forward, layers.linear_backward, [(2, 5, 8), (8, 6), (6,)]),
     "linear_gelu": (layers.linear_gelu_forward, layers.linear_gelu_backward, [(2, 5, 8), (8, 12), (12,)]),
     "layernorm": (layers.layernorm_forward, layers.layernorm_backward, [(2, 5, 8), (8,), (8,)]),
     "embed": (layers.embed_forward, layers.embed_backward, [(2, 4, 8), (8,), (5, 8)]),
+    "add_layernorm": (layers.add_layernorm_forward, _add_layernorm_backward, [(2, 5, 8), (2, 5, 8), (8,), (8,)]),
     "attention": (lambda qkv: layers.attention_forward(qkv, 2), lambda d, c: (layers.attention_backward(d, c),),
                   [(2, 5, 24)]),
     "class_token": (layers.class_token_forward, lambda d, c: (layers.class_token_backward(d, c),), [(2, 5, 8)]),
@@ -54,7 +61,7 @@ def test_hand_written_backward_equals_jax_grad_per_layer(name):
     rng = np.random.default_rng(sorted(LAYERS).index(name))
     inputs = [jnp.asarray(rng.standard_normal(s)) for s in shapes]
     out, vjp = jax.vjp(lambda *xs: fwd(*xs)[0], *inputs)
-    dout = jnp.asarray(rng.standard_normal(out.shape))
+    dout = jax.tree_util.tree_map(lambda o: jnp.asarray(rng.standard_normal(o.shape)), out)  # one per output
     want = vjp(dout)
     got = bwd(dout, fwd(*inputs)[1])
     assert len(got) == len(want)

@@ -181,6 +181,7 @@ def test_add_layernorm_matches_reference(variant, seed, dtype, lead, d, shift):
     assert s.dtype == y.dtype == dtype and np.array_equal(s, x + h), "s is not the residual add x + h"
     x64, h64, w64, b64, ds64, dy64 = reference_inputs(x, h, w, b, ds, dy)
     (ref_s, ref_y), ref_cache = layers.add_layernorm_forward(x64, h64, w64, b64)
+    assert_close("add_layernorm s", s, ref_s, dtype)
     assert_close("add_layernorm y", y, ref_y, dtype)
     # as for LayerNorm, dx is measured against the size of the terms it is made of
     terms = np.max(np.abs(ref_cache.rstd * dy64 * w64)) + np.max(np.abs(ds64))
