@@ -79,7 +79,7 @@ PLAIN_DEFAULTS = {"preset": "cifar-narrow", "epochs": 20, "progressive": "", "wa
                   "init_attention": "xavier", "ema": 0.0, "eval_flip": False}  # fmt: skip
 RECIPES = {
     "cifar10": {"preset": "cifar-narrow", "classifier": "gap", "init_attention": "mimetic",
-                "epochs": 20, "progressive": "16:15,24:3", "lr": 2e-3, "warmup_epochs": 1.0,
+                "epochs": 23, "progressive": "16:17,24:4", "lr": 2e-3, "warmup_epochs": 1.0,
                 "weight_decay": 0.05, "label_smoothing": 0.1, "ema": 0.0, "eval_flip": False},
 }  # fmt: skip
 
