@@ -2,8 +2,8 @@
 
 gelu(z) = 0.5 z (1 + erf(z / sqrt 2)),  gelu'(z) = Phi(z) + z phi(z).
 
-In every variant the product x @ W goes to BLAS (numba_linear's ladder shows
-that step); what changes is the pass over its (R, M) output: the bias add and
+In every variant the product x @ W is numba_linear's default, 3_pool (BLAS on
+numba's threads, kernels/numba_matmul.py; numba_linear's ladder shows that step); what changes is the pass over its (R, M) output: the bias add and
 GELU in forward, gelu' and the bias gradient in backward.
 
 Variants, plain to fast (VARIANTS: name -> (forward, backward), the last is the default):
@@ -36,6 +36,7 @@ from numba import njit, prange
 
 from .numba_exp import exp32_inplace, exp_inplace
 from .numba_linear import CHUNK_ROWS, FASTMATH, rows, sum_partials
+from .numba_matmul import matmul, matmul_tn
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -185,7 +186,7 @@ class LinearGeluCache(NamedTuple):
 
 
 def _forward(kernel, x, weight, bias, kernel32=None):
-    h = rows(x) @ weight  # (R, M), fresh from BLAS; becomes z in place
+    h = matmul(rows(x), weight)  # (R, M), a fresh array; becomes z in place
     out = np.empty_like(h)
     if kernel32 is not None and h.dtype == np.float32:
         kernel = kernel32
@@ -199,8 +200,8 @@ def _backward(kernel, dout, cache, kernel32=None):
     if kernel32 is not None and z.dtype == np.float32:
         kernel = kernel32
     dbias = kernel(np.ascontiguousarray(rows(dout), z.dtype), z, dz)
-    dx = dz @ weight.T  # (R, in)
-    dweight = rows(x).T @ dz  # (in, M)
+    dx = matmul(dz, weight.T)  # (R, in)
+    dweight = matmul_tn(rows(x), dz)  # (in, M)
     return dx.reshape(x.shape), dweight, dbias
 
 

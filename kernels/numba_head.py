@@ -7,7 +7,7 @@ Every rung computes in the array's dtype's precision or better; sums over the ba
 tokens accumulate in float64.
 
 Variants, plain to fast, one table per op (name -> (forward, backward), the last is the default):
-GELU_TANH_VARIANTS   fc1 + tanh GELU; the product x @ W goes to BLAS in both rungs, what changes
+GELU_TANH_VARIANTS   fc1 + tanh GELU; the product x @ W as numba_linear's 3_pool in both rungs, what changes
                      is the pass over its (R, M) output.
     1_loops          the formula as written, one element after another: z = h + b (written
                      over the fresh product, which becomes the cache), then
@@ -42,6 +42,7 @@ from tinyvit.layers.gelu_tanh import A, C
 from tinyvit.layers.head import PosEmbedCache, TanhCache, TokenMeanCache
 
 from .numba_linear import column_sums, rows, sum_partials
+from .numba_matmul import matmul, matmul_tn
 
 # -- fc1 + tanh GELU ------------------------------------------------------------------------------
 
@@ -103,7 +104,7 @@ class LinearGeluTanhCache(NamedTuple):
 
 
 def _linear_gelu_tanh_forward(kernel, x, weight, bias):
-    h = rows(x) @ weight  # (R, M), fresh from BLAS; becomes z in place
+    h = matmul(rows(x), weight)  # (R, M), a fresh array; becomes z in place
     out = np.empty_like(h)
     kernel(h, bias.astype(h.dtype, copy=False), out)
     return out.reshape(*x.shape[:-1], weight.shape[1]), LinearGeluTanhCache(x, weight, h)
@@ -112,8 +113,8 @@ def _linear_gelu_tanh_forward(kernel, x, weight, bias):
 def _linear_gelu_tanh_backward(dz, dbias, cache):
     """The linear layer's backward, from dz (R, M) and its column sums dbias (M,)."""
     x, weight, _ = cache
-    dx = dz @ weight.T  # (R, in)
-    return dx.reshape(x.shape), rows(x).T @ dz, dbias
+    dx = matmul(dz, weight.T)  # (R, in)
+    return dx.reshape(x.shape), matmul_tn(rows(x), dz), dbias
 
 
 def linear_gelu_tanh_forward_loops(x, weight, bias):

@@ -12,12 +12,18 @@ Variants, plain to fast (VARIANTS: name -> (forward, backward), the last is the 
                add is memory-bound, so the only gain is not making a second array), and the
                bias gradient as a parallel reduction without atomics (`column_sums`: one
                float64 partial sum per chunk of rows, then the few partials added).
+3_pool         the same passes, the products on numba's thread pool rather than BLAS's: each
+               thread computes a block of rows with one single-threaded BLAS call
+               (kernels/numba_matmul.py), so a step's products and loops share one pool whose
+               threads never have to be woken (where that pool is OpenMP; else as 2_blas).
 """
 
 import numpy as np
 from numba import njit, prange
 
 from tinyvit.layers.linear import LinearCache
+
+from .numba_matmul import matmul, matmul_tn
 
 # Fast-math flags that are safe here: reassociation lets LLVM vectorise sums, contraction
 # allows FMA, nsz ignores the sign of zero. No 'nnan'/'ninf': inputs may hold any finite value.
@@ -106,7 +112,7 @@ def linear_backward_loops(dout, cache):
 # -- 2_blas ---------------------------------------------------------------------------------------
 
 
-def linear_forward(x, weight, bias):
+def linear_forward_blas(x, weight, bias):
     """(..., in) @ (in, out) + (out,) -> (..., out): sgemm, then the bias in one pass."""
     x2 = rows(x)
     out = x2 @ weight  # (R, out), a fresh buffer from BLAS
@@ -114,7 +120,7 @@ def linear_forward(x, weight, bias):
     return out.reshape(*x.shape[:-1], weight.shape[1]), LinearCache(x, weight)
 
 
-def linear_backward(dout, cache):
+def linear_backward_blas(dout, cache):
     """dout (..., out) -> dx (..., in), dweight (in, out), dbias (out,)."""
     x, weight = cache
     d2 = rows(dout)
@@ -123,7 +129,28 @@ def linear_backward(dout, cache):
     return dx.reshape(x.shape), dweight, column_sums(d2)
 
 
+# -- 3_pool ---------------------------------------------------------------------------------------
+
+
+def linear_forward(x, weight, bias):
+    """(..., in) @ (in, out) + (out,) -> (..., out): the product on numba's pool, then the bias."""
+    x2 = rows(x)
+    out = matmul(x2, weight)  # (R, out), a fresh array
+    add_bias_rows(out, bias)
+    return out.reshape(*x.shape[:-1], weight.shape[1]), LinearCache(x, weight)
+
+
+def linear_backward(dout, cache):
+    """dout (..., out) -> dx (..., in), dweight (in, out), dbias (out,)."""
+    x, weight = cache
+    d2 = rows(dout)
+    dx = matmul(d2, weight.T)  # (R, in); weight.T is F-contiguous, BLAS reads it as such
+    dweight = matmul_tn(rows(x), d2)  # (in, out): sum over rows of the outer products x^T dout
+    return dx.reshape(x.shape), dweight, column_sums(d2)
+
+
 VARIANTS = {
     "1_loops": (linear_forward_loops, linear_backward_loops),
-    "2_blas": (linear_forward, linear_backward),
+    "2_blas": (linear_forward_blas, linear_backward_blas),
+    "3_pool": (linear_forward, linear_backward),
 }

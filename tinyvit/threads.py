@@ -6,7 +6,8 @@ the same count, so neither asks for more threads than there are cores. That is
 not enough on its own: an idle pool that keeps spinning, waiting for its next
 job, takes a core from the pool that runs now. On 2 cores this made a step
 2.7 times slower. So, unless the user has chosen otherwise, `quiet_pools()`
-(called when tinyvit is imported) makes both pools sleep when idle:
+(called when tinyvit is imported) makes idle BLAS threads sleep at once and
+numba's spin only briefly:
 
 - OpenBLAS: a thread timeout of 2^4 cycles (OPENBLAS_THREAD_TIMEOUT=4), so its
   threads go to sleep almost at once after a product. OpenBLAS reads that
@@ -17,12 +18,20 @@ job, takes a core from the pool that runs now. On 2 cores this made a step
   (`blas_thread_shutdown_`); the next product starts them anew, with the short
   timeout. threadpoolctl finds every loaded OpenBLAS (NumPy's, and SciPy's,
   which numba's `np.dot` uses), so import order does not matter.
-- numba: the `workqueue` threading layer, numba's own simple pool, whose workers
-  sleep between loops (the OpenMP layer's spin-wait has the same problem). numba
-  reads the layer when it starts its pool, at the first parallel loop, so setting
-  `numba.config.THREADING_LAYER` works even when numba was imported first. The
-  workqueue runs one parallel loop at a time: a program that calls numba kernels
-  from several Python threads at once should choose another layer (omp or tbb).
+- numba: the OpenMP threading layer, whose idle workers spin for a bounded
+  time (GOMP_SPINCOUNT=100000: 2.6 ms of CPU per worker, measured) and then sleep.
+  The step's matrix products run on this pool too (kernels/numba_matmul.py:
+  each thread hands a block of rows to single-threaded BLAS), so the OpenBLAS
+  pool stays idle during a step and numba's threads are awake when the next
+  loop starts: a woken thread starts late, on caches another process may have
+  used meanwhile. Where OpenMP is missing, numba falls back to its `workqueue`
+  layer (workers that sleep at once), and the products to BLAS's own threads.
+  numba reads the layer when it starts its pool, at the first parallel loop,
+  so setting `numba.config.THREADING_LAYER_PRIORITY` works even when numba was
+  imported first; libgomp reads GOMP_SPINCOUNT when it loads, which is when
+  numba starts that pool. GNU OpenMP does not survive fork(): a program that
+  forks after a parallel loop and runs numba kernels in the child should set
+  NUMBA_THREADING_LAYER=workqueue (tinyvit itself never forks).
 
 A third pool hides inside numba's loops: numba's `np.dot` calls SciPy's BLAS
 (pip's SciPy ships its own OpenBLAS, separate from NumPy's), and the attention
@@ -38,6 +47,7 @@ Measured on 2 cores, cifar-small training step (docs/benchmarks.md, "idle
 threads that spin"; benchmarks/bench_cpu.py): 67 images/s with both pools
 spinning, 144 with the workqueue layer alone, 149 with the OpenBLAS timeout
 alone, 181 with both. With NumPy imported first: docs/benchmarks.md, "Import order".
+One pool for products and loops: docs/benchmarks.md, "One pool".
 """
 
 from __future__ import annotations
@@ -47,21 +57,26 @@ import os
 import sys
 
 OPENBLAS_TIMEOUT = "4"  # log2 of the cycles an idle OpenBLAS thread spins before it sleeps (OpenBLAS's minimum)
-NUMBA_LAYER = "workqueue"
+NUMBA_LAYERS = ["omp", "workqueue", "tbb"]  # numba takes the first one it can load
+OMP_SPIN = "100000"  # GOMP_SPINCOUNT: busy-wait iterations of an idle OpenMP worker before it sleeps
 
 
 def quiet_pools() -> None:
-    """Make idle BLAS and numba threads sleep rather than spin (defaults only: see above).
+    """Idle BLAS threads sleep, numba's spin briefly; products and loops share numba's pool
+    (defaults only: see above).
 
     Safe to call any time no product or parallel loop is running; tinyvit's import calls it."""
     if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
         os.environ["OPENBLAS_THREAD_TIMEOUT"] = OPENBLAS_TIMEOUT
         _reread_loaded_openblas()
-    if "NUMBA_THREADING_LAYER" not in os.environ:
-        os.environ["NUMBA_THREADING_LAYER"] = NUMBA_LAYER
+    if not any(k in os.environ for k in ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY")):
+        os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = " ".join(NUMBA_LAYERS)
         numba = sys.modules.get("numba")
         if numba is not None:  # imported before tinyvit: it read the environment already
-            numba.config.THREADING_LAYER = NUMBA_LAYER  # read again when its pool starts
+            numba.config.THREADING_LAYER = "default"  # read again when its pool starts
+            numba.config.THREADING_LAYER_PRIORITY = list(NUMBA_LAYERS)
+    if not any(k in os.environ for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")):
+        os.environ["GOMP_SPINCOUNT"] = OMP_SPIN  # read when libgomp loads (with numba's pool)
 
 
 def _reread_loaded_openblas() -> None:
@@ -79,17 +94,21 @@ def _reread_loaded_openblas() -> None:
             lib.blas_thread_shutdown_()  # ...and used when the pool is next started
 
 
-def inner_blas_single_threaded() -> None:
-    """SciPy's own BLAS (what numba's np.dot calls inside parallel loops) runs on one thread."""
+def inner_blas_single_threaded() -> bool:
+    """SciPy's own BLAS (what numba's np.dot calls inside parallel loops) runs on one thread.
+    False when SciPy has no BLAS of its own (it shares NumPy's, whose threads are left alone)."""
     import scipy
     import scipy.linalg.cython_blas
     from threadpoolctl import ThreadpoolController
 
     scipy_dir = os.path.dirname(os.path.abspath(scipy.__file__))
     own = (scipy_dir + os.sep, scipy_dir + ".libs" + os.sep)  # inside the SciPy package: not NumPy's
+    found = False
     for lib in ThreadpoolController().lib_controllers:
         if lib.user_api == "blas" and os.path.abspath(lib.filepath).startswith(own):
             lib.set_num_threads(1)
+            found = True
+    return found
 
 
 _limiter = None  # kept alive: threadpoolctl's limit lasts as long as this object

@@ -1,0 +1,95 @@
+"""Matrix products on numba's thread pool: each thread hands its share of rows to single-threaded BLAS.
+
+Why not let BLAS run its own threads? A training step alternates about two hundred
+times between matrix products and numba's parallel loops. With two pools, one for
+each, every switch must wake the other pool's threads, and an idle pool may not
+keep spinning, or it takes the cores the other pool needs (tinyvit/threads.py). A
+woken thread starts late, often on a core whose caches another process has used
+meanwhile: the switches cost a fifth of the recipe model's 16 px step.
+
+So the products run on numba's pool too, and that pool's threads spin briefly
+between loops (the OpenMP layer with a bounded spin, tinyvit/threads.py): each
+of the T threads computes a block of rows with one single-threaded BLAS call,
+
+    out[r0:r1] = a[r0:r1] @ b                          (matmul)
+    parts[t] = a[r0:r1]^T @ b[r0:r1],  out = sum_t parts[t]   (matmul_tn: the weight gradient,
+                                                         a sum over rows, split among threads)
+
+Measured on 2 cores (docs/benchmarks.md, "One pool"): the recipe model's step at
+16 px 118 -> 91 ms, at 32 px 446 -> 407 ms. Where numba's pool is not OpenMP
+(no libgomp, or the user chose another layer), its workers sleep between loops
+and these products fall back to BLAS's own threads (`a @ b`), which is faster then
+(145 against 118 ms at 16 px).
+"""
+
+import numba
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from tinyvit.threads import inner_blas_single_threaded
+
+# np.dot inside prange calls SciPy's BLAS: one thread each. A SciPy that shares NumPy's BLAS
+# (no BLAS of its own) would nest BLAS threads inside numba's: the products stay on BLAS's pool then.
+_INNER_BLAS_ALONE = inner_blas_single_threaded()
+
+MIN_ROWS = 32  # rows per thread below which a product runs on one thread
+
+
+@njit(parallel=True, cache=True)
+def _matmul_rows(a, b, out, parts):
+    """out (R, F) = a (R, K) @ b (K, F), rows split into `parts` blocks, one BLAS call each."""
+    R = a.shape[0]
+    for t in prange(parts):
+        r0, r1 = t * R // parts, (t + 1) * R // parts
+        np.dot(a[r0:r1], b, out[r0:r1])
+
+
+@njit(parallel=True, cache=True)
+def _matmul_tn_rows(a, b, parts):
+    """parts[t] (K, F) = a[r0:r1]^T @ b[r0:r1] for the t-th block of rows of a (R, K) and b (R, F)."""
+    R, T = a.shape[0], parts.shape[0]
+    for t in prange(T):
+        r0, r1 = t * R // T, (t + 1) * R // T
+        np.dot(a[r0:r1].T, b[r0:r1], parts[t])
+
+
+_on_pool = None  # True when numba's pool is OpenMP: decided at the first product
+
+
+def products_on_pool() -> bool:
+    """Whether the products run on numba's pool (its layer is OpenMP) or on BLAS's own threads."""
+    global _on_pool
+    if _on_pool is None:
+        one = np.ones((1, 1))
+        _matmul_rows(one, one, np.empty((1, 1)), 1)  # starts numba's pool, so its layer is known
+        _on_pool = _INNER_BLAS_ALONE and numba.threading_layer() == "omp"
+    return _on_pool
+
+
+def _blocks(rows: int) -> int:
+    return max(1, min(get_num_threads(), rows // MIN_ROWS))
+
+
+def _contiguous(x):
+    return x if x.flags.c_contiguous or x.flags.f_contiguous else np.ascontiguousarray(x)
+
+
+def matmul(a, b):
+    """a (R, K) @ b (K, F) -> (R, F), a fresh array; a and b C- or F-contiguous (a transposed
+    weight, `w.T`, is F-contiguous and read as such)."""
+    parts = _blocks(a.shape[0])
+    if parts == 1 or not products_on_pool():
+        return a @ b
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    _matmul_rows(np.ascontiguousarray(a), _contiguous(b), out, parts)
+    return out
+
+
+def matmul_tn(a, b):
+    """a^T @ b for a (R, K), b (R, F) -> (K, F): the weight gradient x^T dy, a sum over the R rows."""
+    parts = _blocks(a.shape[0])
+    if parts == 1 or not products_on_pool():
+        return a.T @ b
+    partial = np.empty((parts, a.shape[1], b.shape[1]), dtype=np.result_type(a, b))
+    _matmul_tn_rows(np.ascontiguousarray(a), np.ascontiguousarray(b), partial)
+    return partial.sum(axis=0)

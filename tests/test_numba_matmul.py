@@ -1,0 +1,60 @@
+"""The products on numba's pool (kernels/numba_matmul.py) against NumPy in float64.
+
+Row counts are chosen around the split: fewer rows than two blocks run as one
+BLAS call, more are split among the threads (blocks of uneven size included),
+and the weight gradient's partial sums are added. float32 results are checked
+against the float64 product of the same (rounded) inputs with
+test_numba_kernels' tolerance."""
+
+import numpy as np
+import pytest
+from test_numba_kernels import assert_close
+from tinyvit.kernels import numba_linear, numba_matmul
+
+from tinyvit import layers
+
+ROWS = [1, 31, 2 * numba_matmul.MIN_ROWS, 2 * numba_matmul.MIN_ROWS + 1, 257, 1000]
+
+
+def draw(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("rows", ROWS)
+def test_matmul_and_matmul_tn_match_numpy(rows, dtype):
+    rng = np.random.default_rng(rows)
+    a, b, w, y = (draw(rng, s, dtype) for s in ((rows, 24), (24, 40), (40, 24), (rows, 40)))
+    a64, b64, w64, y64 = (v.astype(np.float64) for v in (a, b, w, y))
+    assert_close("a @ b", numba_matmul.matmul(a, b), a64 @ b64, dtype)
+    assert_close("a @ w.T (F-contiguous b)", numba_matmul.matmul(a, w.T), a64 @ w64.T, dtype)
+    assert_close("a.T @ y", numba_matmul.matmul_tn(a, y), a64.T @ y64, dtype)
+
+
+def test_matmul_reads_strided_operands():
+    """A b that is neither C- nor F-contiguous (a slice) is copied, not misread."""
+    rng = np.random.default_rng(1)
+    a, big = draw(rng, (300, 16), np.float64), draw(rng, (16, 60), np.float64)
+    assert_close("a @ b[:, ::3]", numba_matmul.matmul(a, big[:, ::3]), a @ big[:, ::3], np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_pool_linear_matches_the_specification_on_many_rows(dtype):
+    """numba_linear's 3_pool on a (B, N, in) input large enough to be split among threads."""
+    rng = np.random.default_rng(2)
+    x, w, b, dout = (draw(rng, s, dtype) for s in ((6, 65, 48), (48, 96), (96,), (6, 65, 96)))
+    forward, backward = numba_linear.VARIANTS["3_pool"]
+    out, cache = forward(x, w, b)
+    ref_out, ref_cache = layers.linear_forward(*(v.astype(np.float64) for v in (x, w, b)))
+    assert_close("linear out", out, ref_out, dtype)
+    ref_grads = layers.linear_backward(dout.astype(np.float64), ref_cache)
+    for name, g, r in zip(("dx", "dweight", "dbias"), backward(dout, cache), ref_grads):
+        assert_close("linear " + name, g, r, dtype)
+
+
+def test_products_use_numbas_pool_when_it_is_openmp():
+    import numba
+
+    numba_matmul.matmul(np.ones((300, 4)), np.ones((4, 4)))  # a parallel loop: numba's pool is up
+    expected = numba_matmul._INNER_BLAS_ALONE and numba.threading_layer() == "omp"
+    assert numba_matmul.products_on_pool() == expected
