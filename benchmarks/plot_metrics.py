@@ -31,16 +31,19 @@ def main(argv=None):
     if not rows:
         sys.exit(f"error: {args.metrics} holds no metrics")
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    minutes = [r["elapsed_min"] for r in rows]
-    ax.plot(minutes, [100 * r["test_acc"] for r in rows], color="tab:blue", lw=1.5, label="test accuracy")
+    tested = [r for r in rows if r["test_acc"] is not None]  # epochs skipped by --eval-every have none
+    if not tested:
+        sys.exit(f"error: {args.metrics} holds no evaluated epoch")
+    ax.plot([r["elapsed_min"] for r in tested], [100 * r["test_acc"] for r in tested], color="tab:blue", lw=1.5,
+            label="test accuracy")  # fmt: skip
     trained = [r for r in rows if r["train_acc"] is not None]  # an epoch stopped before its first step has none
     ax.plot([r["elapsed_min"] for r in trained], [100 * r["train_acc"] for r in trained], color="tab:orange",
             lw=1.0, ls="--", label="train accuracy (augmented, during the epoch)")  # fmt: skip
     for size, marker in zip(sorted({r["image_size"] for r in rows}), itertools.cycle("os^Dvp")):
-        pts = [r for r in rows if r["image_size"] == size]
+        pts = [r for r in tested if r["image_size"] == size]
         ax.scatter([r["elapsed_min"] for r in pts], [100 * r["test_acc"] for r in pts], marker=marker,
                    color="tab:blue", zorder=3, label=f"training at {size} px")  # fmt: skip
-    best = max(rows, key=lambda r: r["test_acc"])
+    best = max(tested, key=lambda r: r["test_acc"])
     ax.annotate(f"{100 * best['test_acc']:.1f}%", (best["elapsed_min"], 100 * best["test_acc"]),
                 textcoords="offset points", xytext=(-10, 8), ha="right")  # fmt: skip
     ax.set_xlabel("wall-clock minutes (training and evaluation)")

@@ -171,10 +171,30 @@ def test_the_jax_step_keeps_the_same_average_as_the_numpy_step(tmp_path):
         np.testing.assert_allclose(b.ema[k], a.ema[k], rtol=1e-8, atol=1e-10, err_msg=k)
 
 
-@pytest.mark.parametrize("flags,message", [(["--ema", "1.0"], "--ema must be in"), (["--prefetch", "-1"], "--prefetch must be")])
+@pytest.mark.parametrize("flags,message", [(["--ema", "1.0"], "--ema must be in"), (["--prefetch", "-1"], "--prefetch must be"),
+                                           (["--eval-every", "0"], "--eval-every must be at least 1")])
 def test_bad_option_values_are_refused(tmp_path, flags, message):
     with pytest.raises(UsageError, match=message):
         run(tmp_path, *flags)
+
+
+# -- evaluating every N-th epoch -------------------------------------------------------------------
+
+
+def test_eval_every_skips_epochs_but_not_resolution_changes_the_last_or_a_stop(tmp_path, capsys):
+    """6 epochs, 2 at 8 px then 4 at 16, --eval-every 3: epochs 2 (the last at 8 px), 3, 6 (the last)
+    are evaluated; the others log null test figures, and the training itself is unchanged."""
+    schedule = ["--epochs", "6", "--progressive", "8:2", "--dtype", "float64"]
+    every = run(tmp_path, *schedule, "--eval-every", "3", out="every")
+    lines = [json.loads(s) for s in (tmp_path / "every" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["test_acc"] is not None for m in lines] == [False, True, True, False, False, True]
+    assert "not evaluated (--eval-every 3)" in capsys.readouterr().err
+    each = run(tmp_path, *schedule, out="each")
+    each_lines = [json.loads(s) for s in (tmp_path / "each" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["train_loss"] for m in lines] == [m["train_loss"] for m in each_lines]
+    assert every["test_acc"] == each["test_acc"] == lines[-1]["test_acc"]
+    stopped = run(tmp_path, *schedule, "--eval-every", "3", "--max-steps", "5", out="stopped")
+    assert stopped["stopped"] and stopped["test_acc"] is not None  # a stop mid-epoch is evaluated
 
 
 # -- flip averaging ---------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
     python -m tinyvit.train --data cifar10 --out runs/c10 --resume
     python -m tinyvit.train --init ViT-B_16.npz --data folder:flowers --image-size 384   # fine-tune
 
-Each epoch ends with an evaluation on the test split, a line appended to
+Each epoch ends with an evaluation on the test split (with --eval-every N only
+every N-th epoch, the last at each resolution and the last), a line appended to
 OUT/metrics.jsonl and a checkpoint OUT/checkpoint.npz (written atomically).
 With --init the model starts from a pretrained checkpoint (any file
 tinyvit.load_pretrained reads): its shape, weights and input normalisation, a
@@ -70,13 +71,13 @@ MODEL_CHOICES = {"pos_embed": POS_EMBEDS, "classifier": CLASSIFIERS}  # ViTConfi
 MODEL_OPTIONS = (*MODEL_FLAGS, *MODEL_CHOICES, "rel_pos_bias")
 # Options that may differ on --resume without changing what is computed.
 RUN_FLAGS = ("resume", "max_minutes", "max_steps", "threads", "backend", "progress", "out", "data_dir", "prefetch",
-             "devices", "shard_params", "coordinator", "num_processes", "process_id")
+             "eval_every", "devices", "shard_params", "coordinator", "num_processes", "process_id")
 
 # What a flag left out means. `--data cifar10` trains from scratch with its own recipe
 # (docs/training.md: sized to end within 30 minutes on a 2-core CPU, evaluations included);
 # any other run, and a fine-tuning run (--init), takes the plain defaults. A flag given always wins.
 PLAIN_DEFAULTS = {"preset": "cifar-narrow", "epochs": 20, "progressive": "", "warmup_epochs": 1.0,
-                  "init_attention": "xavier", "ema": 0.0, "eval_flip": False}  # fmt: skip
+                  "init_attention": "xavier", "ema": 0.0, "eval_flip": False, "eval_every": 1}  # fmt: skip
 RECIPES = {
     "cifar10": {"preset": "cifar-narrow", "classifier": "gap", "init_attention": "mimetic",
                 "epochs": 23, "progressive": "16:17,24:4", "lr": 2e-3, "warmup_epochs": 1.0,
@@ -145,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep a moving average of the weights with this decay (e.g. 0.999), evaluated and saved beside them (default 0: off)")
     g.add_argument("--eval-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate on each test image and its mirror image, logits averaged (default: off)")
+    g.add_argument("--eval-every", type=int, default=None, metavar="N",
+                   help="evaluate on the test split after every N-th epoch, the last epoch at each resolution, "
+                        "the last epoch and any stop (default: 1, every epoch)")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--backend", default=None, choices=backend_names(), help=f"default: {default_backend_description()}")
@@ -386,6 +390,8 @@ def check_options(args, cfg: ViTConfig) -> list[tuple[int, int]]:
         raise UsageError(f"--momentum must be in [0, 1), got {args.momentum}")
     if not 0.0 <= args.ema < 1.0:
         raise UsageError(f"--ema must be in [0, 1) (0: off), got {args.ema}")
+    if args.eval_every < 1:
+        raise UsageError(f"--eval-every must be at least 1, got {args.eval_every}")
     if args.prefetch < 0:
         raise UsageError(f"--prefetch must be >= 0, got {args.prefetch}")
     if args.threads is not None and args.threads < 1:
@@ -723,13 +729,18 @@ def train_epoch(run: Run, step: HostStep, ema: dict | None, position: Position, 
 
 def end_epoch(run: Run, step: HostStep, ema: dict | None, position: Position, stats: EpochStats, epoch: int,
               start_time: float) -> dict:  # fmt: skip
-    """Evaluate on the test split (and the moving average, with --ema), append the epoch's
-    metrics to OUT/metrics.jsonl, write the checkpoint, print one line; returns the metrics."""
+    """Evaluate on the test split (and the moving average, with --ema) when this epoch is one to
+    evaluate (`due_for_evaluation`), append the epoch's metrics to OUT/metrics.jsonl (test figures
+    null when not evaluated), write the checkpoint, print one line; returns the metrics."""
     args, ds, model = run.args, run.ds, step.model
-    _, test_images = run.images_at(model.cfg.image_size)
-    test_loss, test_acc, _ = evaluate_arrays(model, test_images, ds.test_labels, run.mean, run.std, flip=args.eval_flip)
+    evaluated = due_for_evaluation(run, position, stats, epoch)
+    test_loss = test_acc = None
+    if evaluated:
+        _, test_images = run.images_at(model.cfg.image_size)
+        test_loss, test_acc, _ = evaluate_arrays(model, test_images, ds.test_labels, run.mean, run.std,
+                                                 flip=args.eval_flip)  # fmt: skip
     ema_metrics = {}
-    if ema is not None:
+    if ema is not None and evaluated:
         trained, model.params = model.params, ema  # evaluate the average with the same compiled model
         try:
             loss, acc, _ = evaluate_arrays(model, test_images, ds.test_labels, run.mean, run.std, flip=args.eval_flip)
@@ -754,9 +765,18 @@ def end_epoch(run: Run, step: HostStep, ema: dict | None, position: Position, st
     save_checkpoint(run.ckpt_path, params, model.cfg, meta, moments, host_ema)
     trained = f"train loss {train_loss:.4f} acc {train_acc:.4f}" if stats.seen else "no steps"
     averaged = f" | ema acc {ema_metrics['ema_test_acc']:.4f}" if ema_metrics else ""
-    print(f"epoch {epoch + 1}: {trained} | test loss {test_loss:.4f} acc {test_acc:.4f}{averaged} | "
-          f"{position.elapsed_s / 60:.1f} min", file=sys.stderr)  # fmt: skip
+    tested = f"test loss {test_loss:.4f} acc {test_acc:.4f}" if evaluated else f"not evaluated (--eval-every {args.eval_every})"
+    print(f"epoch {epoch + 1}: {trained} | {tested}{averaged} | {position.elapsed_s / 60:.1f} min", file=sys.stderr)
     return metrics
+
+
+def due_for_evaluation(run: Run, position: Position, stats: EpochStats, epoch: int) -> bool:
+    """Whether epoch `epoch` ends with an evaluation: every --eval-every-th epoch, the last one at
+    each resolution, the last one, and wherever training stops (a stop or an unfinished epoch)."""
+    args, done = run.args, epoch + 1
+    if stats.stop or position.batch != 0 or done % args.eval_every == 0 or done >= args.epochs:
+        return True
+    return run.size_for_epoch(done) != run.size_for_epoch(epoch)  # the resolution changes next
 
 
 # -- the loop ----------------------------------------------------------------------------------
