@@ -32,6 +32,7 @@ from collections import defaultdict
 
 import numpy as np  # first, as users' programs do: tinyvit's thread set-up must hold anyway
 
+from tinyvit import threads as threads_module
 from tinyvit.backend import Backend, get_backend
 from tinyvit.config import get_preset
 from tinyvit.model import ViT
@@ -318,6 +319,8 @@ def measure_child(framework: str, target: str, repeats: int, threads: int) -> No
     cfg = target_cfg(target)
     set_threads(threads)
     if framework == "torch":
+        for name in threads_module.SET_HERE:  # PyTorch as users run it: not with tinyvit's thread defaults
+            os.environ.pop(name, None)  # (GOMP_SPINCOUNT would reach PyTorch's own libgomp, read at import)
         import torch
 
         torch.set_num_threads(threads)
@@ -330,7 +333,8 @@ def measure_child(framework: str, target: str, repeats: int, threads: int) -> No
 def measure(framework: str, target: str, repeats: int, threads: int) -> float | None:
     cmd = [sys.executable, __file__, "--_child", framework, target, "--repeats", str(repeats),
            "--threads", str(threads)]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = {k: v for k, v in os.environ.items() if k not in threads_module.SET_HERE}  # the user's environment
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         print(f"  {framework} {target} failed: {out.stderr.strip()[-500:]}")
         return None

@@ -60,8 +60,8 @@ def products_on_pool() -> bool:
     """Whether the products run on numba's pool (its layer is OpenMP) or on BLAS's own threads."""
     global _on_pool
     if _on_pool is None:
-        one = np.ones((1, 1))
-        _matmul_rows(one, one, np.empty((1, 1)), 1)  # starts numba's pool, so its layer is known
+        one = np.ones((1, 1), np.float32)  # float32: the version training compiles anyway
+        _matmul_rows(one, one, np.empty((1, 1), np.float32), 1)  # starts numba's pool: its layer is known
         _on_pool = _INNER_BLAS_ALONE and numba.threading_layer() == "omp"
     return _on_pool
 

@@ -59,6 +59,7 @@ import sys
 OPENBLAS_TIMEOUT = "4"  # log2 of the cycles an idle OpenBLAS thread spins before it sleeps (OpenBLAS's minimum)
 NUMBA_LAYERS = ["omp", "workqueue", "tbb"]  # numba takes the first one it can load
 OMP_SPIN = "100000"  # GOMP_SPINCOUNT: busy-wait iterations of an idle OpenMP worker before it sleeps
+SET_HERE: set[str] = set()  # the environment variables quiet_pools set (the user had not)
 
 
 def quiet_pools() -> None:
@@ -68,15 +69,18 @@ def quiet_pools() -> None:
     Safe to call any time no product or parallel loop is running; tinyvit's import calls it."""
     if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
         os.environ["OPENBLAS_THREAD_TIMEOUT"] = OPENBLAS_TIMEOUT
+        SET_HERE.add("OPENBLAS_THREAD_TIMEOUT")
         _reread_loaded_openblas()
     if not any(k in os.environ for k in ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY")):
         os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = " ".join(NUMBA_LAYERS)
+        SET_HERE.add("NUMBA_THREADING_LAYER_PRIORITY")
         numba = sys.modules.get("numba")
         if numba is not None:  # imported before tinyvit: it read the environment already
             numba.config.THREADING_LAYER = "default"  # read again when its pool starts
             numba.config.THREADING_LAYER_PRIORITY = list(NUMBA_LAYERS)
     if not any(k in os.environ for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")):
         os.environ["GOMP_SPINCOUNT"] = OMP_SPIN  # read when libgomp loads (with numba's pool)
+        SET_HERE.add("GOMP_SPINCOUNT")
 
 
 def _reread_loaded_openblas() -> None:
