@@ -29,7 +29,8 @@ numba's spin only briefly:
   numba reads the layer when it starts its pool, at the first parallel loop,
   so setting `numba.config.THREADING_LAYER_PRIORITY` works even when numba was
   imported first; libgomp reads GOMP_SPINCOUNT when it loads, which is when
-  numba starts that pool. GNU OpenMP does not survive fork(): a program that
+  numba starts that pool (and any libgomp loaded later in the process reads it
+  too: PyTorch's own, when PyTorch is imported after tinyvit). GNU OpenMP does not survive fork(): a program that
   forks after a parallel loop and runs numba kernels in the child should set
   NUMBA_THREADING_LAYER=workqueue (tinyvit itself never forks).
 
