@@ -3,7 +3,8 @@
 gelu(z) = 0.5 z (1 + erf(z / sqrt 2)),  gelu'(z) = Phi(z) + z phi(z).
 
 In every variant the product x @ W is numba_linear's default, 3_pool (BLAS on
-numba's threads, kernels/numba_matmul.py; numba_linear's ladder shows that step); what changes is the pass over its (R, M) output: the bias add and
+numba's threads, kernels/numba_matmul.py; numba_linear's ladder shows that step);
+what changes is the pass over its (R, M) output: the bias add and
 GELU in forward, gelu' and the bias gradient in backward.
 
 Variants, plain to fast (VARIANTS: name -> (forward, backward), the last is the default):

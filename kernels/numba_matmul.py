@@ -16,7 +16,7 @@ of the T threads computes a block of rows with one single-threaded BLAS call,
                                                          a sum over rows, split among threads)
 
 Measured on 2 cores (docs/benchmarks.md, "One pool"): the recipe model's step at
-16 px 118 -> 91 ms, at 32 px 446 -> 407 ms. Where numba's pool is not OpenMP
+16 px 118 -> 93.5 ms, at 32 px 446 -> 407 ms. Where numba's pool is not OpenMP
 (no libgomp, or the user chose another layer), its workers sleep between loops
 and these products fall back to BLAS's own threads (`a @ b`), which is faster then
 (145 against 118 ms at 16 px).
