@@ -83,11 +83,7 @@ def sgemm_peak(n: int) -> float:
 
 def step_flops(cfg, batch: int) -> float:
     """Matrix-product FLOPs of one training step: forward, and twice that for backward."""
-    R, D, M, N = batch * cfg.num_tokens, cfg.dim, cfg.mlp_dim, cfg.num_tokens
-    per_block = 2 * R * D * (3 * D) + 2 * R * D * D + 2 * 2 * R * D * M  # qkv, proj, fc1, fc2
-    per_block += 2 * 2 * batch * N * N * D  # q k^T and probs v over all heads
-    forward = cfg.depth * per_block + 2 * batch * cfg.num_patches * cfg.patch_dim * D + 2 * batch * D * cfg.num_classes
-    return 3.0 * forward
+    return 3.0 * cfg.forward_flops(batch)
 
 
 def batch_data(cfg, batch: int, seed: int = 0):

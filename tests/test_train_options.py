@@ -197,6 +197,51 @@ def test_eval_every_skips_epochs_but_not_resolution_changes_the_last_or_a_stop(t
     assert stopped["stopped"] and stopped["test_acc"] is not None  # a stop mid-epoch is evaluated
 
 
+# -- the cosine over compute -------------------------------------------------------------------------
+
+
+def test_forward_flops_count_vit_b16_as_published():
+    """ViT-B/16 at 224 px: 17.6 GMACs a forward pass (timm's model card), 35.1 GFLOPs."""
+    assert get_preset("vit-b16").forward_flops() / 2 == pytest.approx(17.57e9, rel=2e-3)
+    testing = get_preset("testing")
+    assert testing.forward_flops(batch=8) == 8 * testing.forward_flops()
+
+
+def test_decay_over_compute_gives_each_epoch_its_share_of_flops(tmp_path):
+    """6 epochs, 3 at 8 px then 3 at 16: over steps the cosine is past half when 16 px starts; over
+    compute only the 8 px epochs' share of FLOPs of it is done. Both warm up alike and end at --min-lr."""
+    from tinyvit.optim import lr_at
+    from tinyvit.train import set_up
+
+    runs = {}
+    for name in ("steps", "compute"):
+        argv = SMALL + ["--out", str(tmp_path / name), "--epochs", "6", "--progressive", "8:3", "--lr", "1e-3",
+                        "--min-lr", "0", "--decay-over", name]  # fmt: skip
+        runs[name] = set_up(build_parser().parse_args(argv))[0]
+    steps, compute = runs["steps"], runs["compute"]
+    n = steps.steps_per_epoch
+    cfg = steps.cfg
+    low = cfg.replace(image_size=8).forward_flops() / cfg.forward_flops()  # an 8 px step's work
+    assert 0.2 < low < 0.3  # a quarter of the tokens
+    first_at_16 = 3 * n + 1
+    assert steps.lr(first_at_16) == pytest.approx(lr_at(first_at_16, 1e-3, n, 6 * n))
+    assert compute.lr(first_at_16) == pytest.approx(lr_at(3 * n * low + 1, 1e-3, n * low, 3 * n * low + 3 * n))
+    assert compute.lr(first_at_16) > 1.5 * steps.lr(first_at_16)
+    for step in (1, n // 2, n):  # the warmup, all at 8 px: the same in both
+        assert compute.lr(step) == pytest.approx(steps.lr(step))
+    assert compute.lr(6 * n) == pytest.approx(0, abs=1e-12) and steps.lr(6 * n) == pytest.approx(0, abs=1e-12)
+    lrs = [compute.lr(s) for s in range(n, 6 * n + 1)]
+    assert all(np.diff(lrs) <= 0)  # after the warmup it only falls
+
+
+def test_decay_over_compute_without_resolution_changes_is_the_cosine_over_steps(tmp_path):
+    run(tmp_path, "--epochs", "2", "--decay-over", "compute", out="compute")
+    run(tmp_path, "--epochs", "2", out="steps")
+    one, other = ([json.loads(s) for s in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+                  for name in ("compute", "steps"))  # fmt: skip
+    assert [(m["lr"], m["train_loss"]) for m in one] == [(m["lr"], m["train_loss"]) for m in other]
+
+
 # -- flip averaging ---------------------------------------------------------------------------------
 
 

@@ -115,6 +115,15 @@ class ViTConfig:
         """P*P*C, the length of one flattened patch."""
         return self.patch_size**2 * self.channels
 
+    def forward_flops(self, batch: int = 1) -> int:
+        """Matrix-product FLOPs of a forward pass over `batch` images (training is about three times that).
+
+        Each block: the qkv, proj, fc1 and fc2 products on every token, then q k^T and probs v over all
+        heads; around them the patch embedding and the head."""
+        R, N, D, M = batch * self.num_tokens, self.num_tokens, self.dim, self.mlp_dim
+        block = 2 * R * D * (3 * D + D + 2 * M) + 2 * 2 * batch * N * N * D
+        return self.depth * block + 2 * batch * self.num_patches * self.patch_dim * D + 2 * batch * D * self.num_classes
+
     def replace(self, **changes) -> ViTConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

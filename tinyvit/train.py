@@ -76,11 +76,11 @@ RUN_FLAGS = ("resume", "max_minutes", "max_steps", "threads", "backend", "progre
 # What a flag left out means. `--data cifar10` trains from scratch with its own recipe
 # (docs/training.md: sized to end within 30 minutes on a 2-core CPU, evaluations included);
 # any other run, and a fine-tuning run (--init), takes the plain defaults. A flag given always wins.
-PLAIN_DEFAULTS = {"preset": "cifar-narrow", "epochs": 20, "progressive": "", "warmup_epochs": 1.0,
+PLAIN_DEFAULTS = {"preset": "cifar-narrow", "epochs": 20, "progressive": "", "warmup_epochs": 1.0, "decay_over": "steps",
                   "init_attention": "xavier", "ema": 0.0, "eval_flip": False, "eval_every": 1}  # fmt: skip
 RECIPES = {
     "cifar10": {"preset": "cifar-narrow", "classifier": "gap", "init_attention": "mimetic",
-                "epochs": 25, "progressive": "16:17,24:5", "lr": 2e-3, "warmup_epochs": 1.0,
+                "epochs": 25, "progressive": "16:17,24:5", "lr": 2e-3, "warmup_epochs": 1.0, "decay_over": "steps",
                 "weight_decay": 0.05, "label_smoothing": 0.1, "ema": 0.0, "eval_flip": False, "eval_every": 4},
 }  # fmt: skip
 
@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=None,
                    help="not on biases, norms, embeddings: AdamW's decoupled decay (default 0.05), SGD's L2 term (default 0)")
     g.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup length, in epochs (default: 1)")
+    g.add_argument("--decay-over", default=None, choices=["steps", "compute"],
+                   help="the cosine runs over optimiser steps (default), or over compute: each step counts as its "
+                        "image size's share of FLOPs, so epochs at lower resolution take less of the decay")
     g.add_argument("--label-smoothing", type=float, default=None, help="default: 0.1, and 0 with --init (as the paper fine-tunes)")
     g.add_argument("--clip-norm", type=float, default=1.0, help="global gradient norm limit (0: off)")
     g.add_argument("--progressive", default=None, metavar="SIZE:EPOCHS,...",
@@ -312,6 +315,7 @@ class Run:
     process: int = 0  # multi-process: this process's index; each feeds its own rows of every batch
     processes: int = 1
     _resized: dict = field(default_factory=dict)
+    _costs: dict = field(default_factory=dict)
 
     @property
     def writer(self) -> bool:
@@ -323,10 +327,27 @@ class Run:
         return self.out / "checkpoint.npz"
 
     def lr(self, step: int) -> float:
-        """The learning rate of optimiser step `step` (counted from 1)."""
+        """The learning rate of optimiser step `step` (counted from 1): warmup and cosine over the
+        run's work, where each step is one unit of work (--decay-over steps) or its FLOPs at its
+        epoch's image size over those at the final size (--decay-over compute)."""
         a = self.args
         warmup = round(a.warmup_epochs * self.steps_per_epoch)
-        return lr_at(step, a.lr, warmup, a.epochs * self.steps_per_epoch, a.min_lr)
+        work = self.work_done
+        return lr_at(work(step), a.lr, work(warmup), work(a.epochs * self.steps_per_epoch), a.min_lr)
+
+    def work_done(self, steps: int) -> float:
+        """The work of the first `steps` optimiser steps (see lr)."""
+        if self.args.decay_over == "steps":
+            return float(steps)
+        epoch, within = divmod(steps, self.steps_per_epoch)
+        cost = [self.step_cost(self.size_for_epoch(e)) for e in range(epoch + 1)]
+        return self.steps_per_epoch * sum(cost[:epoch]) + within * cost[epoch]
+
+    def step_cost(self, size: int) -> float:
+        """A step's FLOPs at `size` pixels over its FLOPs at the final size."""
+        if size not in self._costs:
+            self._costs[size] = self.cfg.replace(image_size=size).forward_flops() / self.cfg.forward_flops()
+        return self._costs[size]
 
     def size_for_epoch(self, epoch: int) -> int:
         return size_for_epoch(epoch, self.phases, self.cfg.image_size)
@@ -413,7 +434,7 @@ def resume_checkpoint(args, ckpt_path: Path):
             raise UsageError(f"{ckpt_path} already exists: pass --resume to continue it, or choose another --out")
         return None
     ck = load_checkpoint(ckpt_path)
-    saved = ck.state["options"]
+    saved = {"decay_over": "steps", **ck.state["options"]}  # checkpoints from before --decay-over
     defaults = build_parser()
     clash = sorted(k for k, v in saved.items() if getattr(args, k) not in (v, defaults.get_default(k)))
     if clash:
