@@ -32,7 +32,14 @@ Variants, plain to fast (VARIANTS: name -> (forward, backward), the last is the 
                 With a bias (the relative position bias, ViTConfig.rel_pos_bias), its (H, N, N)
                 entries are added to each block of scores, in forward and where backward
                 recomputes them, and backward also writes dscores (B, H, N, N), whose sum
-                over the batch is the bias's gradient (attention_bias_forward/backward).
+                over the batch is the bias's gradient.
+4_direct        3_flash's cache and its recomputation in backward, without its copies and
+                blocks: each pair's products are BLAS calls made directly (`gemm`,
+                kernels/numba_matmul.py) on the head's columns of qkv, dout and dqkv in place,
+                with their row strides, and its (N, N) scores are one block in scratch; the
+                scale rides on the products (BLAS's alpha). Per pair: 2 products forward (q k^T,
+                probs v), 5 backward (q k^T again, probs^T dout, dout v^T, dscores k,
+                dscores^T q). With a bias, as 3_flash (attention_bias_forward/backward).
 """
 
 import math
@@ -46,6 +53,7 @@ from tinyvit.threads import inner_blas_single_threaded
 
 from .numba_exp import exp_any_inplace, exp_inplace
 from .numba_linear import FASTMATH
+from .numba_matmul import gemm
 
 inner_blas_single_threaded()  # np.dot inside prange: the parallelism is numba's (tinyvit/threads.py)
 
@@ -373,7 +381,7 @@ class FlashAttentionCache(NamedTuple):
     out: np.ndarray  # (B, N, D), the forward's output (the proj layer keeps it too)
     lse: np.ndarray  # (B, H, N) float64, log sum_j exp(score_ij) per query row
     heads: int
-    block: int
+    block: int  # 3_flash's block of rows (0: 4_direct, one block)
     bias: np.ndarray | None = None  # (H, N, N) added to the scores (a relative position bias), or None
 
     @property
@@ -385,24 +393,31 @@ class FlashAttentionCache(NamedTuple):
         return probs
 
 
-def attention_forward(qkv, heads, block=BLOCK, bias=None):
-    """qkv (B, N, 3D) -> out (B, N, D); no (B, H, N, N) array (cache.probs recomputes it when asked).
-    bias (H, N, N), if given, is added to every image's scores before the softmax."""
+def _checked(qkv, heads, bias):
+    """qkv as a C-contiguous array, and bias (H, N, N) in its dtype, or None."""
     qkv = np.ascontiguousarray(qkv)
-    B, N, three_d = qkv.shape
-    if block < 1:
-        raise ValueError(f"block must be at least 1, got {block}")
+    N = qkv.shape[1]
     if bias is not None:
         if bias.shape != (heads, N, N):
             raise ValueError(f"bias must be (heads, N, N) = {(heads, N, N)}, got {bias.shape}")
         bias = np.ascontiguousarray(bias, dtype=qkv.dtype)
+    return qkv, bias
+
+
+def attention_forward_flash(qkv, heads, block=BLOCK, bias=None):
+    """qkv (B, N, 3D) -> out (B, N, D); no (B, H, N, N) array (cache.probs recomputes it when asked).
+    bias (H, N, N), if given, is added to every image's scores before the softmax."""
+    if block < 1:
+        raise ValueError(f"block must be at least 1, got {block}")
+    qkv, bias = _checked(qkv, heads, bias)
+    B, N, three_d = qkv.shape
     out = np.empty((B, N, three_d // 3), dtype=qkv.dtype)
     lse = np.empty((B, heads, N), dtype=np.float64)
     flash_forward(qkv, bias, heads, block, out, lse)
     return out, FlashAttentionCache(qkv, out, lse, heads, block, bias)
 
 
-def attention_backward(dout, cache):
+def attention_backward_flash(dout, cache):
     """dout (B, N, D) -> dqkv (B, N, 3D), each block of probabilities recomputed from lse."""
     return _flash_grads(dout, cache)[0]
 
@@ -416,8 +431,121 @@ def _flash_grads(dout, cache):
     return dqkv, dscores
 
 
+# -- 4_direct -------------------------------------------------------------------------------------
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _softmax_rows(s, lse_row):
+    """s (N, N) scores -> probabilities in place, row by row; lse_row (N,) = each row's log-sum-exp."""
+    N = s.shape[0]
+    for i in range(N):
+        m = s[i, 0]
+        for j in range(1, N):
+            m = max(m, s[i, j])
+        for j in range(N):
+            s[i, j] -= m
+        lse_row[i] = m
+    exp_any_inplace(s.reshape(-1))
+    for i in range(N):
+        total = s[i, 0]
+        for j in range(1, N):
+            total += s[i, j]
+        inv = 1.0 / total
+        for j in range(N):
+            s[i, j] *= inv
+        lse_row[i] += math.log(total)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _pair_forward(qkv, bias, b, h, heads, out, lse):
+    """One (batch, head) pair: out's head columns and lse[b, h] written."""
+    N, D = qkv.shape[1], qkv.shape[2] // 3
+    Dh = D // heads
+    c = h * Dh  # the head's first column in each third of qkv
+    q, k, v = qkv[b, :, c : c + Dh], qkv[b, :, D + c : D + c + Dh], qkv[b, :, 2 * D + c : 2 * D + c + Dh]
+    s = np.empty((N, N), dtype=qkv.dtype)
+    gemm(q, False, k, True, s, 1.0 / math.sqrt(Dh), 0.0)  # the scaled scores q k^T / sqrt(Dh)
+    if bias is not None:
+        s += bias[h]
+    _softmax_rows(s, lse[b, h])
+    gemm(s, False, v, False, out[b, :, c : c + Dh], 1.0, 0.0)  # probs v
+
+
+@njit(parallel=True, cache=True)
+def direct_forward(qkv, bias, heads, out, lse):
+    """qkv (B, N, 3D) -> out (B, N, D) and lse (B, H, N) float64, written; bias None or (H, N, N)."""
+    for bh in prange(qkv.shape[0] * heads):
+        _pair_forward(qkv, bias, bh // heads, bh % heads, heads, out, lse)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _pair_backward(dout, qkv, bias, out, lse, b, h, dqkv, dscores):
+    """One (batch, head) pair: dqkv's head columns (and dscores[b, h] with a bias) written."""
+    heads, N = lse.shape[1], lse.shape[2]
+    D = dout.shape[2]
+    Dh = D // heads
+    scale = 1.0 / math.sqrt(Dh)
+    c = h * Dh
+    q, k, v = qkv[b, :, c : c + Dh], qkv[b, :, D + c : D + c + Dh], qkv[b, :, 2 * D + c : 2 * D + c + Dh]
+    dq, dk, dv = dqkv[b, :, c : c + Dh], dqkv[b, :, D + c : D + c + Dh], dqkv[b, :, 2 * D + c : 2 * D + c + Dh]
+    do, o = dout[b, :, c : c + Dh], out[b, :, c : c + Dh]
+    p = np.empty((N, N), dtype=qkv.dtype)
+    gemm(q, False, k, True, p, scale, 0.0)  # the scores again
+    if bias is not None:
+        p += bias[h]
+    for i in range(N):
+        for j in range(N):
+            p[i, j] -= lse[b, h, i]
+    exp_any_inplace(p.reshape(-1))  # probs = exp(score - lse)
+    gemm(p, True, do, False, dv, 1.0, 0.0)  # dv = probs^T dout
+    ds = np.empty((N, N), dtype=qkv.dtype)
+    gemm(do, False, v, True, ds, 1.0, 0.0)  # dprobs = dout v^T
+    for i in range(N):
+        delta = do[i, 0] * o[i, 0]  # sum_j dprobs_ij probs_ij = dout_i . out_i
+        for d in range(1, Dh):
+            delta += do[i, d] * o[i, d]
+        for j in range(N):
+            ds[i, j] = p[i, j] * (ds[i, j] - delta)  # dscores
+    if dscores is not None:
+        dscores[b, h] = ds
+    gemm(ds, False, k, False, dq, scale, 0.0)  # dq = dscores k / sqrt(Dh)
+    gemm(ds, True, q, False, dk, scale, 0.0)  # dk = dscores^T q / sqrt(Dh)
+
+
+@njit(parallel=True, cache=True)
+def direct_backward(dout, qkv, bias, out, lse, dqkv, dscores):
+    """dout (B, N, D), the forward's qkv, bias, out and lse -> dqkv (B, N, 3D) (and dscores), written."""
+    heads = lse.shape[1]
+    for bh in prange(qkv.shape[0] * heads):
+        _pair_backward(dout, qkv, bias, out, lse, bh // heads, bh % heads, dqkv, dscores)
+
+
+def attention_forward(qkv, heads, bias=None):
+    """qkv (B, N, 3D) -> out (B, N, D); the cache keeps lse as 3_flash's does (cache.probs recomputes
+    the maps). bias (H, N, N), if given, is added to every image's scores before the softmax."""
+    qkv, bias = _checked(qkv, heads, bias)
+    B, N, three_d = qkv.shape
+    out = np.empty((B, N, three_d // 3), dtype=qkv.dtype)
+    lse = np.empty((B, heads, N), dtype=np.float64)
+    direct_forward(qkv, bias, heads, out, lse)
+    return out, FlashAttentionCache(qkv, out, lse, heads, 0, bias)
+
+
+def attention_backward(dout, cache):
+    """dout (B, N, D) -> dqkv (B, N, 3D), the probabilities recomputed from lse."""
+    return _direct_grads(dout, cache)[0]
+
+
+def _direct_grads(dout, cache):
+    qkv, out, lse, _, _, bias = cache
+    dqkv = np.empty_like(qkv)
+    dscores = None if bias is None else np.empty((*lse.shape, lse.shape[2]), dtype=qkv.dtype)
+    direct_backward(np.ascontiguousarray(dout, dtype=qkv.dtype), qkv, bias, out, lse, dqkv, dscores)
+    return dqkv, dscores
+
+
 def attention_bias_forward(qkv, bias, heads):
-    """qkv (B, N, 3D), bias (H, N, N) -> out (B, N, D): 3_flash with the bias added to the scores
+    """qkv (B, N, 3D), bias (H, N, N) -> out (B, N, D): 4_direct with the bias added to the scores
     (tinyvit.layers.attention_bias_forward is the specification)."""
     return attention_forward(qkv, heads, bias=bias)
 
@@ -425,12 +553,13 @@ def attention_bias_forward(qkv, bias, heads):
 def attention_bias_backward(dout, cache):
     """dout (B, N, D) -> dqkv (B, N, 3D), dbias (H, N, N): the bias's gradient is the scores',
     summed over the images that share it."""
-    dqkv, dscores = _flash_grads(dout, cache)
+    dqkv, dscores = _direct_grads(dout, cache)
     return dqkv, dscores.sum(axis=0)
 
 
 VARIANTS = {
     "1_loops": (attention_forward_loops, attention_backward_loops),
     "2_blas_heads": (attention_forward_heads, attention_backward_heads),
-    "3_flash": (attention_forward, attention_backward),
+    "3_flash": (attention_forward_flash, attention_backward_flash),
+    "4_direct": (attention_forward, attention_backward),
 }

@@ -24,24 +24,56 @@ and these products fall back to BLAS's own threads (`a @ b`), which is faster th
 
 import numba
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads, njit, prange, types
 
 from tinyvit.threads import inner_blas_single_threaded
 
-# np.dot inside prange calls SciPy's BLAS: one thread each. A SciPy that shares NumPy's BLAS
+# gemm inside prange calls SciPy's BLAS: one thread each. A SciPy that shares NumPy's BLAS
 # (no BLAS of its own) would nest BLAS threads inside numba's: the products stay on BLAS's pool then.
 _INNER_BLAS_ALONE = inner_blas_single_threaded()
 
 MIN_ROWS = 32  # rows per thread below which a product runs on one thread
 
 
+# -- BLAS called directly, on strided blocks of bigger arrays -------------------------------------
+# np.dot inside njit wants contiguous operands (it copies the others, as small fresh arrays) and
+# compiles its shape checks for every layout of its operands. `gemm` calls the BLAS product itself,
+# through numba's own entry to SciPy's BLAS (the one np.dot uses), on any row-major block whose rows
+# are contiguous: one head's columns of the attention's qkv, say, read in place.
+
+_XXGEMM = types.ExternalFunction("numba_xxgemm", types.intc(
+    types.char, types.char, types.char, types.intp, types.intp, types.intp,  # kind, transa, transb, m, n, k
+    types.voidptr, types.voidptr, types.intp, types.voidptr, types.intp,  # alpha, a, lda, b, ldb
+    types.voidptr, types.voidptr, types.intp))  # beta, c, ldc  # fmt: skip
+_NO, _YES = ord("n"), ord("t")  # BLAS's transpose flags
+
+
+@njit(cache=True)
+def gemm(a, a_transposed, b, b_transposed, out, alpha, beta):
+    """out = alpha op(a) op(b) + beta out, where op(x) is x or x.T: 2-D arrays whose rows may be
+    strided but whose columns are contiguous, all float32 or all float64; out must not overlap a or b.
+
+    BLAS is column-major: a row-major block x with row stride ld is, to BLAS, the column-major
+    block x.T with leading dimension ld. So out.T = op(b).T op(a).T is the call BLAS gets."""
+    m, n = out.shape
+    k = a.shape[0] if a_transposed else a.shape[1]
+    size = out.itemsize
+    scalars = np.empty(2, out.dtype)  # BLAS takes alpha and beta by address
+    scalars[0], scalars[1] = alpha, beta
+    status = _XXGEMM(ord("s") if size == 4 else ord("d"), _YES if b_transposed else _NO, _YES if a_transposed else _NO,
+                     n, m, k, scalars[0:].ctypes, b.ctypes, b.strides[0] // size, a.ctypes, a.strides[0] // size,
+                     scalars[1:].ctypes, out.ctypes, out.strides[0] // size)  # fmt: skip
+    if status != 0:
+        raise RuntimeError("no BLAS product in SciPy for numba")
+
+
 @njit(parallel=True, cache=True)
-def _matmul_rows(a, b, out, parts):
-    """out (R, F) = a (R, K) @ b (K, F), rows split into `parts` blocks, one BLAS call each."""
+def _matmul_rows(a, b, b_transposed, out, parts):
+    """out (R, F) = a (R, K) @ op(b), rows split into `parts` blocks, one BLAS call each."""
     R = a.shape[0]
     for t in prange(parts):
         r0, r1 = t * R // parts, (t + 1) * R // parts
-        np.dot(a[r0:r1], b, out[r0:r1])
+        gemm(a[r0:r1], False, b, b_transposed, out[r0:r1], 1.0, 0.0)
 
 
 @njit(parallel=True, cache=True)
@@ -50,7 +82,7 @@ def _matmul_tn_rows(a, b, parts):
     R, T = a.shape[0], parts.shape[0]
     for t in prange(T):
         r0, r1 = t * R // T, (t + 1) * R // T
-        np.dot(a[r0:r1].T, b[r0:r1], parts[t])
+        gemm(a[r0:r1], True, b[r0:r1], False, parts[t], 1.0, 0.0)
 
 
 _on_pool = None  # True when numba's pool is OpenMP: decided at the first product
@@ -61,7 +93,7 @@ def products_on_pool() -> bool:
     global _on_pool
     if _on_pool is None:
         one = np.ones((1, 1), np.float32)  # float32: the version training compiles anyway
-        _matmul_rows(one, one, np.empty((1, 1), np.float32), 1)  # starts numba's pool: its layer is known
+        _matmul_rows(one, one, False, np.empty((1, 1), np.float32), 1)  # starts numba's pool: its layer is known
         _on_pool = _INNER_BLAS_ALONE and numba.threading_layer() == "omp"
     return _on_pool
 
@@ -70,8 +102,13 @@ def _blocks(rows: int) -> int:
     return max(1, min(get_num_threads(), rows // MIN_ROWS))
 
 
-def _contiguous(x):
-    return x if x.flags.c_contiguous or x.flags.f_contiguous else np.ascontiguousarray(x)
+def _rows(x):
+    """(x, False) with x's rows contiguous, or (x.T, True) for an F-contiguous x: what gemm reads."""
+    if x.flags.c_contiguous:
+        return x, False
+    if x.flags.f_contiguous:
+        return x.T, True
+    return np.ascontiguousarray(x), False
 
 
 def matmul(a, b):
@@ -81,7 +118,7 @@ def matmul(a, b):
     if parts == 1 or not products_on_pool():
         return a @ b
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    _matmul_rows(np.ascontiguousarray(a), _contiguous(b), out, parts)
+    _matmul_rows(np.ascontiguousarray(a), *_rows(b), out, parts)
     return out
 
 

@@ -35,8 +35,8 @@ from tinyvit.backend import get_backend
 # 3_flash once more with blocks of 2 rows, so the online softmax meets several key blocks
 ATTENTION_VARIANTS = {
     **numba_attention.VARIANTS,
-    "3_flash, block 2": (functools.partial(numba_attention.attention_forward, block=2),
-                         numba_attention.attention_backward),
+    "3_flash, block 2": (functools.partial(numba_attention.attention_forward_flash, block=2),
+                         numba_attention.attention_backward_flash),
 }  # fmt: skip
 
 
@@ -269,14 +269,44 @@ def test_flash_attention_keeps_no_square_array_and_recomputes_the_maps():
     it recomputes them equal to the reference's (what the lessons draw)."""
     rng = np.random.default_rng(0)
     qkv = draw(rng, (2, 9, 3 * 4), np.float64)
-    _, cache = numba_attention.attention_forward(qkv, 2, block=4)
+    _, cache = numba_attention.attention_forward_flash(qkv, 2, block=4)
     square = [f for f, a in zip(cache._fields, cache) if isinstance(a, np.ndarray) and a.ndim == 4]
     assert not square, f"the cache keeps square arrays {square}"
     assert cache.lse.shape == (2, 2, 9)
     _, ref_cache = layers.attention_forward(qkv, 2)
     assert_close("attention maps", cache.probs, ref_cache.probs, np.float64)
     with pytest.raises(ValueError, match="block must be at least 1"):
-        numba_attention.attention_forward(qkv, 2, block=0)
+        numba_attention.attention_forward_flash(qkv, 2, block=0)
+
+
+@given(seed=seeds, dtype=dtypes, batch=st.integers(1, 3), n=st.integers(1, 7), heads=st.integers(1, 3),
+       dh=st.integers(1, 4))  # fmt: skip
+@pytest.mark.parametrize("rung", ["3_flash, block 2", "3_flash", "4_direct"])
+def test_attention_with_a_bias_matches_reference(rung, seed, dtype, batch, n, heads, dh):
+    """The fused rungs with a bias (H, N, N) added to the scores: out, dqkv, and dbias, the scores'
+    gradient summed over the batch (the relative position bias's path)."""
+    from tinyvit.kernels.numba_attention import _direct_grads, _flash_grads
+
+    rng = np.random.default_rng(seed)
+    D = heads * dh
+    qkv, bias, dout = draw(rng, (batch, n, 3 * D), dtype), draw(rng, (heads, n, n), dtype), draw(rng, (batch, n, D), dtype)
+    before = snapshot(qkv, bias, dout)
+    forward = ATTENTION_VARIANTS[rung][0]
+    out, cache = forward(qkv, heads, bias=bias)
+    dqkv, dscores = (_direct_grads if rung == "4_direct" else _flash_grads)(dout, cache)
+    assert_unchanged(before, [qkv, bias, dout])
+    q64, b64, d64 = reference_inputs(qkv, bias, dout)
+    ref_out, ref_cache = layers.attention_bias_forward(q64, b64, heads)
+    ref_dqkv, ref_dbias = layers.attention_bias_backward(d64, ref_cache)
+    assert_close("attention out", out, ref_out, dtype)
+    assert_close("attention probs", cache.probs, ref_cache.probs, dtype)
+    assert_close("attention dqkv", dqkv, ref_dqkv, dtype)
+    # dbias_hij = sum_b probs (dprobs - delta): the size of its terms, for when they cancel (n = 1: to 0)
+    v = q64[..., 2 * D :].reshape(batch, n, heads, dh).transpose(0, 2, 1, 3)
+    dprobs = d64.reshape(batch, n, heads, dh).transpose(0, 2, 1, 3) @ v.transpose(0, 1, 3, 2)
+    delta = (ref_cache.probs * dprobs).sum(axis=-1, keepdims=True)
+    terms = (ref_cache.probs * (np.abs(dprobs) + np.abs(delta))).sum(axis=0).max()
+    assert_close("attention dbias", dscores.sum(axis=0), ref_dbias, dtype, scale=terms)
 
 
 def test_add_rejects_mismatched_shapes():

@@ -58,3 +58,23 @@ def test_products_use_numbas_pool_when_it_is_openmp():
     numba_matmul.matmul(np.ones((300, 4)), np.ones((4, 4)))  # a parallel loop: numba's pool is up
     expected = numba_matmul._INNER_BLAS_ALONE and numba.threading_layer() == "omp"
     assert numba_matmul.products_on_pool() == expected
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("a_transposed", [False, True])
+@pytest.mark.parametrize("b_transposed", [False, True])
+def test_gemm_on_strided_blocks_with_alpha_and_beta(a_transposed, b_transposed, dtype):
+    """gemm reads and writes blocks of bigger arrays in place (rows strided, columns contiguous):
+    out = alpha op(a) op(b) + beta out, the rest of out's array untouched."""
+    from numba import njit
+
+    gemm = njit(lambda a, ta, b, tb, out, alpha, beta: numba_matmul.gemm(a, ta, b, tb, out, alpha, beta))
+    rng = np.random.default_rng(7)
+    big_a, big_b, big_out = draw(rng, (9, 20), dtype), draw(rng, (11, 30), dtype), draw(rng, (12, 15), dtype)
+    a = big_a[1:6, 2:9] if a_transposed else big_a[1:8, 2:7]  # op(a) is (7, 5)
+    b = big_b[3:7, 4:9] if b_transposed else big_b[3:8, 4:8]  # op(b) is (5, 4)
+    op_a, op_b = (a.T if a_transposed else a), (b.T if b_transposed else b)
+    want = big_out.astype(np.float64)
+    want[2:9, 1:5] = 0.5 * op_a.astype(np.float64) @ op_b.astype(np.float64) + 2.0 * want[2:9, 1:5]
+    gemm(a, a_transposed, b, b_transposed, big_out[2:9, 1:5], 0.5, 2.0)
+    assert_close("gemm", big_out, want, dtype)
