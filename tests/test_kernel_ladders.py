@@ -124,7 +124,7 @@ def test_patchify_variants_reject_bad_shapes(variant):
 # -- the optimiser --------------------------------------------------------------------------------
 
 # Shapes below and above PARALLEL_MIN; the largest spans several CHUNKs, the last one ragged.
-LARGE = (288, 512)
+LARGE = (289, 512)
 assert LARGE[0] * LARGE[1] > numba_adamw.PARALLEL_MIN and (LARGE[0] * LARGE[1]) % numba_adamw.CHUNK
 param_shapes = st.sampled_from([(1,), (7,), (20, 15), (3, 4, 5), LARGE])
 
