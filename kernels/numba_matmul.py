@@ -20,6 +20,10 @@ Measured on 2 cores (docs/benchmarks.md, "One pool"): the recipe model's step at
 (no libgomp, or the user chose another layer), its workers sleep between loops
 and these products fall back to BLAS's own threads (`a @ b`), which is faster then
 (145 against 118 ms at 16 px).
+
+Each thread's block is one call of `gemm`, below: BLAS called directly, on
+blocks of bigger arrays in place, which attention's kernel (4_direct in
+kernels/numba_attention.py) also uses on each head's columns.
 """
 
 import numba
