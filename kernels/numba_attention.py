@@ -422,15 +422,20 @@ def attention_forward_flash(qkv, heads, block=BLOCK, bias=None):
 
 def attention_backward_flash(dout, cache):
     """dout (B, N, D) -> dqkv (B, N, 3D), each block of probabilities recomputed from lse."""
-    return _flash_grads(dout, cache)[0]
+    return _grads(dout, cache)[0]
 
 
-def _flash_grads(dout, cache):
+def _grads(dout, cache):
+    """dqkv (B, N, 3D) and, with a bias, dscores (B, H, N, N) (else None): by 3_flash's blocks
+    (cache.block > 0) or by 4_direct's (cache.block 0)."""
     qkv, out, lse, _, block, bias = cache
     dqkv = np.empty_like(qkv)
     dscores = None if bias is None else np.empty((*lse.shape, lse.shape[2]), dtype=qkv.dtype)
     dout = np.ascontiguousarray(dout, dtype=qkv.dtype)
-    flash_backward(dout, qkv, bias, out, lse, block, dqkv, dscores)
+    if block:
+        flash_backward(dout, qkv, bias, out, lse, block, dqkv, dscores)
+    else:
+        direct_backward(dout, qkv, bias, out, lse, dqkv, dscores)
     return dqkv, dscores
 
 
@@ -536,15 +541,7 @@ def attention_forward(qkv, heads, bias=None):
 
 def attention_backward(dout, cache):
     """dout (B, N, D) -> dqkv (B, N, 3D), the probabilities recomputed from lse."""
-    return _direct_grads(dout, cache)[0]
-
-
-def _direct_grads(dout, cache):
-    qkv, out, lse, _, _, bias = cache
-    dqkv = np.empty_like(qkv)
-    dscores = None if bias is None else np.empty((*lse.shape, lse.shape[2]), dtype=qkv.dtype)
-    direct_backward(np.ascontiguousarray(dout, dtype=qkv.dtype), qkv, bias, out, lse, dqkv, dscores)
-    return dqkv, dscores
+    return _grads(dout, cache)[0]
 
 
 def attention_bias_forward(qkv, bias, heads):
@@ -556,7 +553,7 @@ def attention_bias_forward(qkv, bias, heads):
 def attention_bias_backward(dout, cache):
     """dout (B, N, D) -> dqkv (B, N, 3D), dbias (H, N, N): the bias's gradient is the scores',
     summed over the images that share it."""
-    dqkv, dscores = _direct_grads(dout, cache)
+    dqkv, dscores = _grads(dout, cache)
     return dqkv, dscores.sum(axis=0)
 
 

@@ -285,15 +285,13 @@ def test_flash_attention_keeps_no_square_array_and_recomputes_the_maps():
 def test_attention_with_a_bias_matches_reference(rung, seed, dtype, batch, n, heads, dh):
     """The fused rungs with a bias (H, N, N) added to the scores: out, dqkv, and dbias, the scores'
     gradient summed over the batch (the relative position bias's path)."""
-    from tinyvit.kernels.numba_attention import _direct_grads, _flash_grads
-
     rng = np.random.default_rng(seed)
     D = heads * dh
     qkv, bias, dout = draw(rng, (batch, n, 3 * D), dtype), draw(rng, (heads, n, n), dtype), draw(rng, (batch, n, D), dtype)
     before = snapshot(qkv, bias, dout)
     forward = ATTENTION_VARIANTS[rung][0]
     out, cache = forward(qkv, heads, bias=bias)
-    dqkv, dscores = (_direct_grads if rung == "4_direct" else _flash_grads)(dout, cache)
+    dqkv, dscores = numba_attention._grads(dout, cache)
     assert_unchanged(before, [qkv, bias, dout])
     q64, b64, d64 = reference_inputs(qkv, bias, dout)
     ref_out, ref_cache = layers.attention_bias_forward(q64, b64, heads)
