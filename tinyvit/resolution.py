@@ -12,7 +12,6 @@ resized by tinyvit.data.base.resize_images). A fixed position embedding
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from .config import ViTConfig
 
@@ -30,6 +29,9 @@ def resize_pos_embed(pos_embed: np.ndarray, new_grid: int, has_class_token: bool
         raise ValueError(f"pos_embed has {n - c} patch rows, expected a square grid")
     if new_grid == g:
         return pos_embed.copy()
+    # imported here, not with the module: scipy.ndimage takes a third of a second to load, and most runs never resize
+    from scipy import ndimage
+
     grid = pos_embed[c:].reshape(g, g, D).astype(np.float64)
     zoom = new_grid / g
     new = ndimage.zoom(grid, (zoom, zoom, 1), order=1)  # (new_grid, new_grid, D)
