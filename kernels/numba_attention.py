@@ -464,13 +464,19 @@ def _softmax_rows(s, lse_row):
         lse_row[i] += math.log(total)
 
 
+@njit(cache=True, inline="always")
+def _head_thirds(x, b, c, D, Dh):
+    """Views of one head's columns c:c+Dh in each third (q, k, v) of the (B, N, 3D) rows x[b]."""
+    return x[b, :, c : c + Dh], x[b, :, D + c : D + c + Dh], x[b, :, 2 * D + c : 2 * D + c + Dh]
+
+
 @njit(fastmath=FASTMATH, cache=True)
 def _pair_forward(qkv, bias, b, h, heads, out, lse):
     """One (batch, head) pair: out's head columns and lse[b, h] written."""
     N, D = qkv.shape[1], qkv.shape[2] // 3
     Dh = D // heads
     c = h * Dh  # the head's first column in each third of qkv
-    q, k, v = qkv[b, :, c : c + Dh], qkv[b, :, D + c : D + c + Dh], qkv[b, :, 2 * D + c : 2 * D + c + Dh]
+    q, k, v = _head_thirds(qkv, b, c, D, Dh)
     s = np.empty((N, N), dtype=qkv.dtype)
     gemm(q, False, k, True, s, 1.0 / math.sqrt(Dh), 0.0)  # the scaled scores q k^T / sqrt(Dh)
     if bias is not None:
@@ -494,8 +500,8 @@ def _pair_backward(dout, qkv, bias, out, lse, b, h, dqkv, dscores):
     Dh = D // heads
     scale = 1.0 / math.sqrt(Dh)
     c = h * Dh
-    q, k, v = qkv[b, :, c : c + Dh], qkv[b, :, D + c : D + c + Dh], qkv[b, :, 2 * D + c : 2 * D + c + Dh]
-    dq, dk, dv = dqkv[b, :, c : c + Dh], dqkv[b, :, D + c : D + c + Dh], dqkv[b, :, 2 * D + c : 2 * D + c + Dh]
+    q, k, v = _head_thirds(qkv, b, c, D, Dh)
+    dq, dk, dv = _head_thirds(dqkv, b, c, D, Dh)
     do, o = dout[b, :, c : c + Dh], out[b, :, c : c + Dh]
     p = np.empty((N, N), dtype=qkv.dtype)
     gemm(q, False, k, True, p, scale, 0.0)  # the scores again
