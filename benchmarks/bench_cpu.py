@@ -95,14 +95,19 @@ def batch_data(cfg, batch: int, seed: int = 0):
 # -- tinyvit ----------------------------------------------------------------------------------
 
 
-def timed_backend(name: str, totals: dict) -> Backend:
-    """The backend `name` with every op wrapped to add its wall time to totals[op]."""
+def timed_backend(name: str, totals: dict, sync=lambda: None) -> Backend:
+    """The backend `name` with every op wrapped to add its wall time to totals[op].
+
+    A GPU's ops only queue work: pass its `sync` (cuda.synchronize) to wait for the
+    device before and after each op, so that each op is charged its own kernels."""
     backend = get_backend(name)
 
     def wrap(op, fn):
         def timed(*args, **kwargs):
+            sync()
             t = time.perf_counter()
             out = fn(*args, **kwargs)
+            sync()
             totals[op] += time.perf_counter() - t
             return out
 
@@ -122,16 +127,18 @@ def train_step_fn(model, images, labels):
     return step
 
 
-def op_profile(name: str, cfg, batch: int, steps: int) -> dict:
+def op_profile(name: str, cfg, batch: int, steps: int, sync=lambda: None) -> dict:
     """Seconds per training step spent in each backend op (mean over `steps` after a warm-up)."""
     totals: dict = defaultdict(float)
-    model = ViT(cfg, backend=timed_backend(name, totals))
+    model = ViT(cfg, backend=timed_backend(name, totals, sync))
     step = train_step_fn(model, *batch_data(cfg, batch))
     step()
+    sync()
     totals.clear()
     t = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     totals["(whole step)"] = time.perf_counter() - t
     return {k: v / steps for k, v in totals.items()}
 

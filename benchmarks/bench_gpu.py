@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_gpu.py                 # SGEMM sizes 1024..4096, cifar-small at batch 128
     .venv/bin/python benchmarks/bench_gpu.py --quick         # fewer repeats, SGEMM 1024 and 2048 only
     .venv/bin/python benchmarks/bench_gpu.py --sizes 4096 --batch 256
+    .venv/bin/python benchmarks/bench_gpu.py --quick --profile   # also where a cuda step's time goes
 
 Prints
 - SGEMM TFLOP/s (float32, square n x n) of the plain tiled and the register-blocked
@@ -12,7 +13,11 @@ Prints
 - training images/s of a full step (forward, backward, gradient clipping, AdamW) on
   the cifar-small preset (32 px, patch 4, D 192, depth 6, 3 heads, MLP 768) for the
   `cuda` backend and for the same ViT in PyTorch CUDA eager (benchmarks/bench_cpu.py's
-  model). Both copy the batch of images from the host every step.
+  model). Both copy the batch of images from the host every step;
+- with --profile, the milliseconds of each backend op in one cuda training step,
+  the device synchronised before and after every op (which itself slows the step:
+  the profile's whole step is longer than the timed one), and what is left over:
+  Python, launches and copies between ops.
 Times are taken after a warm-up (which also compiles the kernels), with the device
 synchronised around each measurement. PyTorch is optional: without a CUDA build of
 it, only tinyvit's numbers are printed.
@@ -156,6 +161,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (median)")
     ap.add_argument("--quick", action="store_true", help="3 repeats, SGEMM sizes 1024 and 2048")
     ap.add_argument("--no-torch", action="store_true", help="skip cuBLAS and PyTorch")
+    ap.add_argument("--profile", action="store_true", help="also the per-op profile of a cuda training step")
     args = ap.parse_args(argv)
     if args.batch < 1 or args.repeats < 1 or min(args.sizes) < 1:
         ap.error("--batch, --repeats and --sizes must be positive")
@@ -187,7 +193,22 @@ def main(argv=None) -> int:
     if torch:
         theirs = train_torch(torch, cfg, images, labels, repeats)
         print(f"  torch eager    {theirs:9.1f} images/s   tinyvit / torch = {ours / theirs:.2f}x")
+    if args.profile:
+        profile(cfg, args.batch, repeats)
     return 0
+
+
+def profile(cfg, batch: int, steps: int) -> None:
+    from bench_cpu import op_profile
+    from numba import cuda
+
+    ms = {op: 1e3 * s for op, s in op_profile("cuda", cfg, batch, steps, cuda.synchronize).items()}
+    whole = ms.pop("(whole step)")
+    print(f"\nPer op, ms of one cuda training step, synchronised around each op (mean of {steps})")
+    for op in sorted(ms, key=lambda k: -ms[k]):
+        print(f"  {op:28s} {ms[op]:9.3f}  {100 * ms[op] / whole:5.1f}%")
+    print(f"  {'(between ops: Python, copies)':28s} {whole - sum(ms.values()):9.3f}  {100 * (1 - sum(ms.values()) / whole):5.1f}%")
+    print(f"  {'(whole step)':28s} {whole:9.3f}")
 
 
 if __name__ == "__main__":
