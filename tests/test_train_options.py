@@ -234,6 +234,32 @@ def test_decay_over_compute_gives_each_epoch_its_share_of_flops(tmp_path):
     assert all(np.diff(lrs) <= 0)  # after the warmup it only falls
 
 
+@pytest.mark.parametrize("classifier", ["token", "gap"])
+def test_at_a_resolution_change_the_pos_embed_moments_follow_the_parameter(tmp_path, classifier):
+    """AdamW's m and v of pos_embed are interpolated to the new grid as pos_embed is (not zeroed under
+    a running step count); every other moment and the step count are kept as they were."""
+    from tinyvit.resolution import resize_pos_embed
+    from tinyvit.train import set_up, step_at_resolution
+
+    argv = SMALL + ["--out", str(tmp_path / classifier), "--epochs", "2", "--progressive", "8:1", "--classifier", classifier]
+    run, _, step, _ = set_up(build_parser().parse_args(argv))
+    assert step.model.cfg.image_size == 8
+    rng = np.random.default_rng(0)
+    state = {k: np.int64(500) if k == "step" else rng.random(v.shape).astype(v.dtype) for k, v in step.optimizer_state().items()}
+    step.optimizer.load_state_dict(state)
+    grown, _ = step_at_resolution(run, step, None, 16)
+    got = grown.optimizer_state()
+    assert grown.model.cfg.image_size == 16 and got["step"] == 500
+    for k, old in state.items():
+        if k.endswith("/pos_embed"):
+            want = resize_pos_embed(old, grown.model.cfg.grid_size, grown.model.cfg.has_class_token)
+            assert got[k].shape == grown.model.params["pos_embed"].shape == want.shape
+            np.testing.assert_allclose(got[k], want, rtol=1e-6)
+            assert got[k].min() >= old.min() and got[k].max() <= old.max()  # convex mixes: v stays >= 0
+        else:
+            np.testing.assert_array_equal(got[k], old)
+
+
 def test_decay_over_compute_without_resolution_changes_is_the_cosine_over_steps(tmp_path):
     run(tmp_path, "--epochs", "2", "--decay-over", "compute", out="compute")
     run(tmp_path, "--epochs", "2", out="steps")
