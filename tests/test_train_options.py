@@ -172,10 +172,28 @@ def test_the_jax_step_keeps_the_same_average_as_the_numpy_step(tmp_path):
 
 
 @pytest.mark.parametrize("flags,message", [(["--ema", "1.0"], "--ema must be in"), (["--prefetch", "-1"], "--prefetch must be"),
-                                           (["--eval-every", "0"], "--eval-every must be at least 1")])
+                                           (["--eval-every", "0"], "--eval-every must be at least 1"),
+                                           (["--crop-pad", "0.5"], "--crop-pad is a fraction"), (["--crop-pad", "-0.1"], "--crop-pad is a fraction")])
 def test_bad_option_values_are_refused(tmp_path, flags, message):
     with pytest.raises(UsageError, match=message):
         run(tmp_path, *flags)
+
+
+@pytest.mark.parametrize("flags, pads", [([], {8: 1, 16: 2}), (["--crop-pad", "0.0625"], {8: 1, 16: 1}),
+                                         (["--crop-pad", "0.25"], {8: 2, 16: 4}), (["--crop-pad", "0"], {8: 0, 16: 0})])
+def test_crop_pad_scales_with_each_epochs_image_size(tmp_path, monkeypatch, flags, pads):
+    """The crop's padding is --crop-pad times the side of the images being trained, at least 1 px; 0: flips only."""
+    import tinyvit.data as data
+
+    seen, augment = {}, data.augment_batch
+
+    def spy(images, rng, pad=4, **kw):
+        seen.setdefault(images.shape[1], set()).add(pad)
+        return augment(images, rng, pad=pad, **kw)
+
+    monkeypatch.setattr(data, "augment_batch", spy)
+    run(tmp_path, "--epochs", "2", "--progressive", "8:1", "--max-steps", "6", *flags)
+    assert seen == {size: {pad} for size, pad in pads.items()}
 
 
 # -- evaluating every N-th epoch -------------------------------------------------------------------

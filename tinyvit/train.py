@@ -77,7 +77,7 @@ RUN_FLAGS = ("resume", "max_minutes", "max_steps", "threads", "backend", "progre
 # (docs/training.md: sized to end within 30 minutes on a 2-core CPU, evaluations included);
 # any other run, and a fine-tuning run (--init), takes the plain defaults. A flag given always wins.
 PLAIN_DEFAULTS = {"preset": "cifar-narrow", "epochs": 20, "progressive": "", "warmup_epochs": 1.0, "decay_over": "steps",
-                  "init_attention": "xavier", "ema": 0.0, "eval_flip": False, "eval_every": 1}  # fmt: skip
+                  "crop_pad": 0.125, "init_attention": "xavier", "ema": 0.0, "eval_flip": False, "eval_every": 1}  # fmt: skip
 RECIPES = {
     "cifar10": {"preset": "cifar-narrow", "classifier": "gap", "init_attention": "mimetic",
                 "epochs": 25, "progressive": "16:16,24:5", "lr": 2e-3, "warmup_epochs": 1.0, "decay_over": "compute",
@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", default="cifar10", help="cifar10, shapes, or folder:PATH")
     g.add_argument("--data-dir", default=None, help="where datasets live (default: $TINYVIT_DATA or ~/.cache/tinyvit)")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop and flip")
+    g.add_argument("--crop-pad", type=float, default=None, metavar="FRACTION",
+                   help="the random crop's zero padding as a fraction of the image side, at least 1 px (0: flips only; "
+                        "default 0.125: 4 px at 32 px)")
     g = p.add_argument_group("model (a preset, then any field overridden)")
     g.add_argument("--preset", default=None, choices=sorted(PRESETS), help="default: cifar-narrow")
     for name in MODEL_FLAGS:
@@ -373,10 +376,9 @@ class Run:
         idx = idx[first : first + local]
         batch = images[idx]
         if a.augment:
-            # the crop's padding scales with the resolution: 4 px at 32 px, as in the usual CIFAR recipe
-            size = images.shape[1]
-            batch = augment_batch(batch, np.random.default_rng([a.seed, epoch, b]), pad=max(1, size // 8),
-                                  rows=(first, a.batch_size))  # fmt: skip
+            # the crop's padding scales with the resolution: by default 4 px at 32 px, as in the usual CIFAR recipe
+            pad = max(1, int(a.crop_pad * images.shape[1])) if a.crop_pad > 0 else 0
+            batch = augment_batch(batch, np.random.default_rng([a.seed, epoch, b]), pad=pad, rows=(first, a.batch_size))
         return normalize(batch, self.mean, self.std, dtype=dtype), self.ds.train_labels[idx]
 
 
@@ -413,6 +415,8 @@ def check_options(args, cfg: ViTConfig) -> list[tuple[int, int]]:
         raise UsageError(f"--ema must be in [0, 1) (0: off), got {args.ema}")
     if args.eval_every < 1:
         raise UsageError(f"--eval-every must be at least 1, got {args.eval_every}")
+    if not 0.0 <= args.crop_pad < 0.5:
+        raise UsageError(f"--crop-pad is a fraction of the image side in [0, 0.5), got {args.crop_pad}")
     if args.prefetch < 0:
         raise UsageError(f"--prefetch must be >= 0, got {args.prefetch}")
     if args.threads is not None and args.threads < 1:
@@ -434,7 +438,7 @@ def resume_checkpoint(args, ckpt_path: Path):
             raise UsageError(f"{ckpt_path} already exists: pass --resume to continue it, or choose another --out")
         return None
     ck = load_checkpoint(ckpt_path)
-    saved = {"decay_over": "steps", **ck.state["options"]}  # checkpoints from before --decay-over
+    saved = {"decay_over": "steps", "crop_pad": 0.125, **ck.state["options"]}  # checkpoints from before these flags
     defaults = build_parser()
     clash = sorted(k for k, v in saved.items() if getattr(args, k) not in (v, defaults.get_default(k)))
     if clash:
