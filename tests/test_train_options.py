@@ -183,7 +183,7 @@ def test_bad_option_values_are_refused(tmp_path, flags, message):
                                          (["--crop-pad", "0.25"], {8: 2, 16: 4}), (["--crop-pad", "0"], {8: 0, 16: 0})])
 def test_crop_pad_scales_with_each_epochs_image_size(tmp_path, monkeypatch, flags, pads):
     """The crop's padding is --crop-pad times the side of the images being trained, at least 1 px; 0: flips only."""
-    import tinyvit.data as data
+    from tinyvit import data
 
     seen, augment = {}, data.augment_batch
 
