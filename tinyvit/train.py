@@ -81,7 +81,8 @@ PLAIN_DEFAULTS = {"preset": "cifar-narrow", "epochs": 20, "progressive": "", "wa
 RECIPES = {
     "cifar10": {"preset": "cifar-narrow", "classifier": "gap", "init_attention": "mimetic",
                 "epochs": 25, "progressive": "16:16,24:5", "lr": 2e-3, "warmup_epochs": 1.0, "decay_over": "compute",
-                "weight_decay": 0.05, "label_smoothing": 0.1, "ema": 0.0, "eval_flip": False, "eval_every": 4},
+                "weight_decay": 0.05, "label_smoothing": 0.1, "crop_pad": 0.0625, "ema": 0.0, "eval_flip": False,
+                "eval_every": 4},
 }  # fmt: skip
 
 
