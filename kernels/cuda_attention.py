@@ -17,18 +17,29 @@ Variants (one each):
 3. softmax backward (rows): dscores = probs * (dprobs - sum_j dprobs * probs),
    one block_sum per row, with the 1/sqrt(Dh) of the scores folded in.
 
+With a bias (H, N, N) on the scores (the relative position bias), the softmax kernel
+adds bias[h, i] to row i of head h as it reads the scores, and the bias's gradient is
+dscores summed over the batch (cuda_reduce.column_sum). The bias itself comes from the
+head's table by a product with a constant one-hot matrix (rel_pos_bias_forward), as in
+the specification, tinyvit.layers.rel_pos; its backward is the transposed product.
+
 The specification is tinyvit.layers.attention.
 """
 
 import math
+from functools import lru_cache
 from typing import NamedTuple
 
+import numpy as np
 from numba import cuda, float64
+
+from tinyvit.layers.rel_pos import RelPosCache, offset_one_hot
 
 from . import cuda_common as common
 from .cuda_common import MAX_ROW_THREADS
+from .cuda_elementwise import scale as scale_arrays
 from .cuda_matmul import matmul
-from .cuda_reduce import block_max, block_sum, reduce_threads
+from .cuda_reduce import block_max, block_sum, column_sum, reduce_threads
 
 
 class AttentionCache(NamedTuple):
@@ -105,6 +116,27 @@ def _softmax_kernel(x, scale):
 
 
 @cuda.jit
+def _softmax_bias_kernel(x, scale, bias):
+    """x (B*H*N, N) <- softmax(scale * x + bias[h, i]) per row, in place, for row r = (b*H + h)*N + i.
+    One block per row; bias (H, N, N) is the same for every image."""
+    scratch = cuda.shared.array(MAX_ROW_THREADS, float64)
+    r = cuda.blockIdx.x
+    t, nt = cuda.threadIdx.x, cuda.blockDim.x
+    H, N = bias.shape[0], bias.shape[2]
+    h, i = (r // N) % H, r % N
+    m = -math.inf
+    for j in range(t, N, nt):
+        m = max(m, scale * x[r, j] + bias[h, i, j])
+    m = block_max(m, scratch)
+    acc = 0.0
+    for j in range(t, N, nt):
+        acc += math.exp(scale * x[r, j] + bias[h, i, j] - m)
+    total = block_sum(acc, scratch)
+    for j in range(t, N, nt):
+        x[r, j] = math.exp(scale * x[r, j] + bias[h, i, j] - m) / total
+
+
+@cuda.jit
 def _softmax_backward_kernel(probs, dprobs, scale):
     """dprobs (rows, N) <- scale * probs * (dprobs - sum_j dprobs * probs), in place. One block per row."""
     scratch = cuda.shared.array(MAX_ROW_THREADS, float64)
@@ -137,8 +169,8 @@ def softmax_backward_rows_(probs, dprobs, scale=1.0):
     return dprobs
 
 
-def attention_forward(qkv, heads):
-    """qkv (B, N, 3D) -> out (B, N, D). The cache keeps q, k, v by head and probs (B*H, N, N)."""
+def _forward(qkv, heads, bias):
+    """attention_forward, with bias (H, N, N) added to every image's scores unless it is None."""
     common.check_device("qkv", qkv, ndim=3)
     B, N, three_d = qkv.shape
     heads = int(heads)
@@ -148,13 +180,31 @@ def attention_forward(qkv, heads):
     parts = split_heads(qkv, 3, heads)  # (3, B*H, N, Dh)
     q, k, v = parts[0], parts[1], parts[2]
     probs = matmul(q, k, trans_b=True)  # (B*H, N, N) scores, then softmax in place
-    softmax_rows_(probs.reshape(B * heads * N, N), 1.0 / math.sqrt(Dh))
+    rows = probs.reshape(B * heads * N, N)
+    if bias is None:
+        softmax_rows_(rows, 1.0 / math.sqrt(Dh))
+    else:
+        common.check_device("bias", bias, ndim=3, dtype=qkv.dtype)
+        if tuple(bias.shape) != (heads, N, N):
+            raise ValueError(f"bias must be (heads, N, N) = {(heads, N, N)}, got {tuple(bias.shape)}")
+        if B and N:
+            _softmax_bias_kernel[B * heads * N, reduce_threads(N)](rows, 1.0 / math.sqrt(Dh), bias)
     out = matmul(probs, v)  # (B*H, N, Dh)
     return merge_heads(out.reshape(1, B * heads, N, Dh), B, heads), AttentionCache(parts, probs, heads)
 
 
-def attention_backward(dout, cache):
-    """dout (B, N, D) -> dqkv (B, N, 3D): dq, dk, dv side by side as the columns of qkv."""
+def attention_forward(qkv, heads):
+    """qkv (B, N, 3D) -> out (B, N, D). The cache keeps q, k, v by head and probs (B*H, N, N)."""
+    return _forward(qkv, heads, None)
+
+
+def attention_bias_forward(qkv, bias, heads):
+    """qkv (B, N, 3D), bias (H, N, N) -> out (B, N, D): attention with bias[h] added to head h's scores."""
+    return _forward(qkv, heads, bias)
+
+
+def _grads(dout, cache):
+    """dout (B, N, D) -> dqkv (B, N, 3D) and dscores (B*H, N, N), the scores' gradient times 1/sqrt(Dh)."""
     parts, probs, heads = cache
     common.check_device("dout", dout, ndim=3, dtype=probs.dtype)
     _, BH, N, Dh = parts.shape
@@ -169,7 +219,45 @@ def attention_backward(dout, cache):
     softmax_backward_rows_(probs.reshape(BH * N, N), dscores.reshape(BH * N, N), 1.0 / math.sqrt(Dh))
     matmul(dscores, k, out=dgrads[0])  # dq = dscores k (the scale is already in dscores)
     matmul(dscores, q, trans_a=True, out=dgrads[1])  # dk = dscores^T q
-    return merge_heads(dgrads, B, heads)
+    return merge_heads(dgrads, B, heads), dscores
+
+
+def attention_backward(dout, cache):
+    """dout (B, N, D) -> dqkv (B, N, 3D): dq, dk, dv side by side as the columns of qkv."""
+    return _grads(dout, cache)[0]
+
+
+def attention_bias_backward(dout, cache):
+    """dout (B, N, D) -> dqkv (B, N, 3D), dbias (H, N, N): the scores' gradient summed over the batch."""
+    dqkv, dscores = _grads(dout, cache)
+    BH, N, _ = dscores.shape
+    H, Dh = cache.heads, cache.qkv_heads.shape[3]
+    summed = column_sum(dscores.reshape(BH // H, H * N * N))  # (H*N*N,), still times 1/sqrt(Dh)
+    return dqkv, scale_arrays([summed], math.sqrt(Dh))[0].reshape(H, N, N)
+
+
+@lru_cache(maxsize=16)
+def _device_one_hot(grid: int, max_offset: int, class_token: bool, dtype: str):
+    """The specification's constant one-hot matrix (T, N*N), on the device once per grid and dtype."""
+    return cuda.to_device(offset_one_hot(grid, max_offset, class_token).astype(dtype))
+
+
+def rel_pos_bias_forward(table, grid, class_token):
+    """table (H, 2K+1, 2K+1) -> bias (H, N, N) for a grid x grid of patches (and a class token)."""
+    common.check_device("table", table, ndim=3)
+    H, S, _ = table.shape
+    grid, class_token = int(grid), bool(class_token)
+    one_hot = _device_one_hot(grid, (S - 1) // 2, class_token, np.dtype(table.dtype).str)
+    N = int(class_token) + grid * grid
+    bias = matmul(table.reshape(H, S * S), one_hot)  # (H, N*N)
+    return bias.reshape(H, N, N), RelPosCache(one_hot, tuple(table.shape))
+
+
+def rel_pos_bias_backward(dbias, cache):
+    """dbias (H, N, N) -> dtable (H, 2K+1, 2K+1): each offset's entry sums the pairs that share it."""
+    common.check_device("dbias", dbias, ndim=3)
+    H, N, _ = dbias.shape
+    return matmul(dbias.reshape(H, N * N), cache.one_hot, trans_b=True).reshape(cache.shape)
 
 
 def attention_probs(cache):

@@ -13,7 +13,7 @@ Where each op lives:
     cuda_gelu         linear + fused bias/GELU
     cuda_head         the official checkpoints' options: tanh GELU, no class token, mean pooling, pre_logits' tanh
     cuda_layernorm    LayerNorm, and the residual add fused with it
-    cuda_attention    head split/merge, row softmax, attention forward/backward
+    cuda_attention    head split/merge, row softmax, attention forward/backward, with a bias; the relative position bias
     cuda_loss         cross-entropy
     cuda_adamw        the AdamW update
     cuda_reduce       block reductions, the gradient norm, column sums
@@ -26,12 +26,19 @@ Without a GPU the same kernels run under the CUDA simulator
 from numba import cuda
 
 from tinyvit.backend import Backend
-from tinyvit.errors import UsageError
 
 from . import cuda_elementwise as ew
 from . import cuda_head as head
 from .cuda_adamw import adamw_update
-from .cuda_attention import attention_backward, attention_forward, attention_probs
+from .cuda_attention import (
+    attention_backward,
+    attention_bias_backward,
+    attention_bias_forward,
+    attention_forward,
+    attention_probs,
+    rel_pos_bias_backward,
+    rel_pos_bias_forward,
+)
 from .cuda_gelu import linear_gelu_backward, linear_gelu_forward
 from .cuda_layernorm import (
     add_layernorm_backward,
@@ -42,13 +49,6 @@ from .cuda_layernorm import (
 from .cuda_linear import linear_backward, linear_forward
 from .cuda_loss import count_correct, cross_entropy_backward, cross_entropy_forward
 from .cuda_reduce import sum_of_squares
-
-
-def _no_rel_pos(*args):
-    """The relative position bias has no CUDA kernels yet."""
-    raise UsageError("the relative position bias (ViTConfig.rel_pos_bias, --rel-pos-bias) has no CUDA kernels yet: "
-                     "use --backend numba, numpy or jax")  # fmt: skip
-
 
 BACKEND = Backend(
     name="cuda",
@@ -81,10 +81,10 @@ BACKEND = Backend(
     token_mean_backward=head.token_mean_backward,
     tanh_forward=head.tanh_forward,
     tanh_backward=head.tanh_backward,
-    attention_bias_forward=_no_rel_pos,
-    attention_bias_backward=_no_rel_pos,
-    rel_pos_bias_forward=_no_rel_pos,
-    rel_pos_bias_backward=_no_rel_pos,
+    attention_bias_forward=attention_bias_forward,
+    attention_bias_backward=attention_bias_backward,
+    rel_pos_bias_forward=rel_pos_bias_forward,
+    rel_pos_bias_backward=rel_pos_bias_backward,
     cross_entropy_forward=cross_entropy_forward,
     cross_entropy_backward=cross_entropy_backward,
     count_correct=count_correct,

@@ -66,7 +66,6 @@ OPS = {
     "attention_bias": (lambda o, qkv, bias: o.attention_bias_forward(qkv, bias, 2),
                        lambda o, d, c: o.attention_bias_backward(d, c), [(2, 5, 24), (2, 5, 5)]),
 }  # fmt: skip
-NO_KERNEL = {("cuda", "attention_bias")}  # refused with a UsageError (test_rel_pos_bias.py checks the message)
 
 
 def _host(ops, a):
@@ -100,8 +99,6 @@ def test_backend_registers_every_op(backend):
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_layer_forward_and_backward_match_the_specification(backend, op, dtype):
     """The op's output and every gradient of its backward, against tinyvit.layers on the same inputs."""
-    if (backend, op) in NO_KERNEL:
-        pytest.skip(f"{backend} has no kernel for {op} yet")
     ops, spec = get_backend(backend), get_backend("numpy")
     forward, backward, shapes = OPS[op]
     rng = np.random.default_rng(sorted(OPS).index(op))

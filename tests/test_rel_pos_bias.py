@@ -4,8 +4,8 @@
   gather into a (H, N, N) bias and attention with a bias added to its scores.
 - The gather against its definition, entry by entry: the clipped row and column offset
   from token i to token j, nothing for the class token.
-- Whole models with the bias: gradients along random directions (float64), numba and jax
-  against numpy; cuda refuses with a clear error; the same table at every resolution;
+- Whole models with the bias: gradients along random directions (float64), numba, jax and
+  cuda (under the simulator without a GPU) against numpy; the same table at every resolution;
   checkpoints; the trainer's flag.
 """
 
@@ -22,7 +22,6 @@ from gradcheck import (
 from tinyvit import ViT, layers
 from tinyvit.checkpoint import load_checkpoint
 from tinyvit.config import PRESETS
-from tinyvit.errors import UsageError
 from tinyvit.model import count_params, param_shapes
 from tinyvit.pretrained import save_official
 from tinyvit.resolution import params_at_resolution
@@ -104,11 +103,10 @@ def test_numba_and_jax_models_match_the_specification(backend):
     compare_models(backend, CFG.replace(classifier="gap"), np.float32)
 
 
-def test_cuda_refuses_the_bias_with_a_clear_error():
-    model = ViT(CFG, dtype=np.float64, backend="cuda")
-    images, _ = batch(CFG)
-    with pytest.raises(UsageError, match="has no CUDA kernels yet: use --backend numba"):
-        model(images)
+@pytest.mark.usefixtures("small_cuda_blocks", "fast_simulator_barriers")  # tests/conftest.py
+def test_cuda_model_matches_the_specification():
+    compare_models("cuda", CFG, np.float64)
+    compare_models("cuda", CFG.replace(classifier="gap", rel_pos_bias=2), np.float32)
 
 
 def test_official_files_cannot_hold_the_bias(tmp_path):
