@@ -53,6 +53,14 @@ def test_schedule_warms_up_linearly_then_follows_a_cosine_down_to_min_lr():
     assert all(a >= b for a, b in itertools.pairwise(lrs)), "the cosine part never increases"
 
 
+def test_schedule_can_hold_the_peak_before_the_cosine():
+    assert lr_at(5, 1.0, 10, 110, hold=60) == pytest.approx(0.5)  # the warmup is unchanged
+    assert lr_at(11, 1.0, 10, 110, hold=60) == lr_at(60, 1.0, 10, 110, hold=60) == 1.0
+    assert lr_at(85, 1.0, 10, 110, hold=60) == pytest.approx(0.5)  # halfway through the cosine over 60..110
+    assert lr_at(110, 1.0, 10, 110, min_lr=0.01, hold=60) == pytest.approx(0.01)
+    assert lr_at(70, 1.0, 10, 110, hold=5) == lr_at(70, 1.0, 10, 110)  # a hold inside the warmup: none
+
+
 def test_clipping_scales_the_global_norm_down_to_the_limit_and_leaves_small_gradients_alone():
     model = ViT(get_preset("testing"), dtype=np.float64)
     opt = AdamW(model, clip_norm=1.0)

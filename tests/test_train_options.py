@@ -252,6 +252,24 @@ def test_decay_over_compute_gives_each_epoch_its_share_of_flops(tmp_path):
     assert all(np.diff(lrs) <= 0)  # after the warmup it only falls
 
 
+def test_decay_over_final_holds_the_peak_until_the_final_resolution(tmp_path):
+    """6 epochs, 2 at 8 px, 2 at 12, then 2 at 16: the warmup, the peak to the last 12 px step, then the
+    cosine over the 16 px steps alone, down to --min-lr."""
+    from tinyvit.optim import lr_at
+    from tinyvit.train import set_up
+
+    argv = SMALL + ["--out", str(tmp_path), "--epochs", "6", "--progressive", "8:2,12:2", "--lr", "1e-3",
+                    "--min-lr", "0", "--decay-over", "final"]  # fmt: skip
+    run = set_up(build_parser().parse_args(argv))[0]
+    n = run.steps_per_epoch
+    assert [run.size_for_epoch(e) for e in range(6)] == [8, 8, 12, 12, 16, 16]
+    assert run.lr(n // 2) == pytest.approx(1e-3 * (n // 2) / n)
+    assert run.lr(n + 1) == run.lr(4 * n) == 1e-3
+    assert run.lr(5 * n) == pytest.approx(5e-4)  # halfway through the last two epochs
+    assert run.lr(4 * n + 1) == pytest.approx(lr_at(1, 1e-3, 0, 2 * n))
+    assert run.lr(6 * n) == pytest.approx(0, abs=1e-12)
+
+
 @pytest.mark.parametrize("classifier", ["token", "gap"])
 def test_at_a_resolution_change_the_pos_embed_moments_follow_the_parameter(tmp_path, classifier):
     """AdamW's m and v of pos_embed are interpolated to the new grid as pos_embed is (not zeroed under

@@ -89,14 +89,16 @@ def no_decay(name: str) -> bool:
             or name in ("cls_token", "pos_embed"))  # fmt: skip
 
 
-def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
-    """Linear warmup from 0 to base_lr over warmup_steps, then cosine decay to min_lr at total_steps.
+def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0, hold: int = 0) -> float:
+    """Linear warmup from 0 to base_lr over warmup_steps, base_lr held until step `hold` (if it is
+    later), then cosine decay to min_lr at total_steps.
 
     `step` counts from 1 (the first update)."""
     if warmup_steps > 0 and step <= warmup_steps:
         return base_lr * step / warmup_steps
-    decay_steps = max(1, total_steps - warmup_steps)
-    t = min(1.0, (step - warmup_steps) / decay_steps)
+    start = max(warmup_steps, hold)
+    decay_steps = max(1, total_steps - start)
+    t = min(1.0, max(0.0, step - start) / decay_steps)
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t))
 
 

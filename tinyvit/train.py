@@ -142,9 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=None,
                    help="not on biases, norms, embeddings: AdamW's decoupled decay (default 0.05), SGD's L2 term (default 0)")
     g.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup length, in epochs (default: 1)")
-    g.add_argument("--decay-over", default=None, choices=["steps", "compute"],
+    g.add_argument("--decay-over", default=None, choices=["steps", "compute", "final"],
                    help="the cosine runs over optimiser steps (default), or over compute: each step counts as its "
-                        "image size's share of FLOPs, so epochs at lower resolution take less of the decay")
+                        "image size's share of FLOPs, so epochs at lower resolution take less of the decay; or final: "
+                        "the peak is held until the final resolution starts and the cosine runs over its steps")
     g.add_argument("--label-smoothing", type=float, default=None, help="default: 0.1, and 0 with --init (as the paper fine-tunes)")
     g.add_argument("--clip-norm", type=float, default=1.0, help="global gradient norm limit (0: off)")
     g.add_argument("--progressive", default=None, metavar="SIZE:EPOCHS,...",
@@ -333,11 +334,16 @@ class Run:
     def lr(self, step: int) -> float:
         """The learning rate of optimiser step `step` (counted from 1): warmup and cosine over the
         run's work, where each step is one unit of work (--decay-over steps) or its FLOPs at its
-        epoch's image size over those at the final size (--decay-over compute)."""
+        epoch's image size over those at the final size (--decay-over compute); or warmup, the peak
+        held until the final resolution starts, and the cosine over its steps (--decay-over final)."""
         a = self.args
         warmup = round(a.warmup_epochs * self.steps_per_epoch)
+        total = a.epochs * self.steps_per_epoch
+        if a.decay_over == "final":
+            final = next(e for e in range(a.epochs) if self.size_for_epoch(e) == self.cfg.image_size)
+            return lr_at(step, a.lr, warmup, total, a.min_lr, hold=final * self.steps_per_epoch)
         work = self.work_done
-        return lr_at(work(step), a.lr, work(warmup), work(a.epochs * self.steps_per_epoch), a.min_lr)
+        return lr_at(work(step), a.lr, work(warmup), work(total), a.min_lr)
 
     def work_done(self, steps: int) -> float:
         """The work of the first `steps` optimiser steps (see lr)."""
