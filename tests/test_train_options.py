@@ -296,11 +296,12 @@ def test_at_a_resolution_change_the_pos_embed_moments_follow_the_parameter(tmp_p
             np.testing.assert_array_equal(got[k], old)
 
 
-def test_decay_over_compute_without_resolution_changes_is_the_cosine_over_steps(tmp_path):
-    run(tmp_path, "--epochs", "2", "--decay-over", "compute", out="compute")
+@pytest.mark.parametrize("decay_over", ["compute", "final"])
+def test_decay_over_without_resolution_changes_is_the_cosine_over_steps(tmp_path, decay_over):
+    run(tmp_path, "--epochs", "2", "--decay-over", decay_over, out=decay_over)
     run(tmp_path, "--epochs", "2", out="steps")
     one, other = ([json.loads(s) for s in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-                  for name in ("compute", "steps"))  # fmt: skip
+                  for name in (decay_over, "steps"))  # fmt: skip
     assert [(m["lr"], m["train_loss"]) for m in one] == [(m["lr"], m["train_loss"]) for m in other]
 
 
