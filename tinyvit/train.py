@@ -80,7 +80,7 @@ PLAIN_DEFAULTS = {"preset": "cifar-narrow", "epochs": 20, "progressive": "", "wa
                   "crop_pad": 0.125, "init_attention": "xavier", "ema": 0.0, "eval_flip": False, "eval_every": 1}  # fmt: skip
 RECIPES = {
     "cifar10": {"preset": "cifar-narrow", "classifier": "gap", "init_attention": "mimetic",
-                "epochs": 25, "progressive": "16:16,24:5", "lr": 2e-3, "warmup_epochs": 1.0, "decay_over": "compute",
+                "epochs": 27, "progressive": "16:18,24:5", "lr": 2e-3, "warmup_epochs": 1.0, "decay_over": "final",
                 "weight_decay": 0.05, "label_smoothing": 0.1, "crop_pad": 0.0625, "ema": 0.0, "eval_flip": False,
                 "eval_every": 4},
 }  # fmt: skip
