@@ -23,6 +23,7 @@ from . import (
     numba_layernorm,
     numba_linear,
     numba_loss,
+    precompile,
 )
 from .numba_patchify import patchify_backward, patchify_forward
 
@@ -70,3 +71,6 @@ BACKEND = Backend(
     scale=numba_adamw.scale,
     set_threads=set_threads,
 )
+
+# An empty kernel cache: a second process compiles the step's kernels alongside this one (kernels/precompile.py).
+precompile.start_if_cold()

@@ -21,4 +21,5 @@ def test_wheel_installs_only_the_tinyvit_package(tmp_path):
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert top == {"tinyvit"}, f"the wheel installs top-level names {sorted(top)}, expected only tinyvit"
     assert "tinyvit/kernels/numba_backend.py" in names and "tinyvit/kernels/cuda_backend.py" in names
+    assert "tinyvit/kernels/precompile.txt" in names
     assert "tinyvit/layers/attention.py" in names and "tinyvit/data/cifar10.py" in names
