@@ -56,15 +56,19 @@ def type_text(t) -> str | None:
     return None
 
 
+def kernel(line: str):
+    """'module function: ...' -> that kernel's numba dispatcher."""
+    module, function = line.partition(": ")[0].split()
+    return getattr(importlib.import_module(f"{PACKAGE}.{module}"), function)
+
+
 def parse_line(line: str):
     """'module function: type; type; ...' -> (the dispatcher, a tuple of numba types)."""
     from numba.core import types
 
-    name, _, args = line.partition(": ")
-    module, function = name.split()
-    dispatcher = getattr(importlib.import_module(f"{PACKAGE}.{module}"), function)
+    args = line.partition(": ")[2]
     sig = tuple(eval(a, vars(types)) for a in args.split("; ")) if args else ()  # our own file's names of numba types
-    return dispatcher, sig
+    return kernel(line), sig
 
 
 def read_list() -> list[str]:
@@ -86,12 +90,7 @@ def compile_all(lines: list[str]) -> None:
 
 def cold(lines: list[str]) -> bool:
     """True when some listed kernel has no index file in numba's cache (it was never compiled here)."""
-    for line in lines:
-        module, function = line.partition(": ")[0].split()
-        dispatcher = getattr(importlib.import_module(f"{PACKAGE}.{module}"), function)
-        if not os.path.exists(dispatcher._cache._cache_file._index_path):  # numba's cache layout
-            return True
-    return False
+    return any(not os.path.exists(kernel(line)._cache._cache_file._index_path) for line in lines)  # numba's cache layout
 
 
 _helper: subprocess.Popen | None = None
