@@ -81,7 +81,7 @@ PLAIN_DEFAULTS = {"preset": "cifar-narrow", "epochs": 20, "progressive": "", "wa
 RECIPES = {
     "cifar10": {"preset": "cifar-narrow", "classifier": "gap", "init_attention": "mimetic",
                 "epochs": 27, "progressive": "16:18,24:5", "lr": 2e-3, "warmup_epochs": 1.0, "decay_over": "final",
-                "weight_decay": 0.05, "label_smoothing": 0.1, "crop_pad": 0.0625, "ema": 0.0, "eval_flip": False,
+                "weight_decay": 0.1, "label_smoothing": 0.1, "crop_pad": 0.0625, "ema": 0.0, "eval_flip": False,
                 "eval_every": 4},
 }  # fmt: skip
 
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum")
     g.add_argument("--min-lr", type=float, default=1e-5, help="learning rate at the end of the cosine")
     g.add_argument("--weight-decay", type=float, default=None,
-                   help="not on biases, norms, embeddings: AdamW's decoupled decay (default 0.05), SGD's L2 term (default 0)")
+                   help="not on biases, norms, embeddings: AdamW's decoupled decay (default 0.05; the cifar10 recipe 0.1), SGD's L2 term (default 0)")
     g.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup length, in epochs (default: 1)")
     g.add_argument("--decay-over", default=None, choices=["steps", "compute", "final"],
                    help="the cosine runs over optimiser steps (default), or over compute: each step counts as its "
