@@ -43,6 +43,14 @@ Variants, plain to fast (VARIANTS: name -> (forward, backward), the last is the 
                 2.1-2.8x faster than 3_flash at the recipe's N of 16, 36 and 64 and 1.5x at
                 ViT-B/16's 197 (docs/benchmarks.md); its scratch is two (N, N) arrays per
                 thread (2.7 MB at ViT-L/16 384 px's N of 577), where 3_flash's blocks bound it.
+5_kept          4_direct's products, but forward writes each pair's probabilities into a
+                (B, H, N, N) array that the cache keeps (the specification's AttentionCache), so
+                backward skips the recomputation: 4 products per pair instead of 5, and no exp;
+                the row sums sum_j dprobs probs come from the kept row. Only where that array is
+                no bigger than the qkv rows the cache holds anyway (N <= 3 Dh: every CIFAR model
+                here); longer sequences (ViT-B/16's 197 tokens of Dh 64) run 4_direct, whose memory
+                does not grow with N^2. Forward + backward 1.17-1.38x as fast as 4_direct on
+                the recipe's and cifar-small's shapes (docs/benchmarks.md); forward alone the same.
 """
 
 import math
@@ -425,9 +433,16 @@ def attention_backward_flash(dout, cache):
     return _grads(dout, cache)[0]
 
 
-def _grads(dout, cache):
-    """dqkv (B, N, 3D) and, with a bias, dscores (B, H, N, N) (else None): by 3_flash's blocks
-    (cache.block > 0) or by 4_direct's (cache.block 0)."""
+def _grads(dout, cache, with_dscores=False):
+    """dqkv (B, N, 3D) and, with a bias (or with_dscores), dscores (B, H, N, N) (else None): from
+    5_kept's probabilities (an AttentionCache), by 3_flash's blocks (cache.block > 0) or by
+    4_direct's (cache.block 0)."""
+    if isinstance(cache, AttentionCache):  # 5_kept: the probabilities themselves
+        qkv, probs, _ = cache
+        dqkv = np.empty_like(qkv)
+        dscores = np.empty_like(probs) if with_dscores else None
+        kept_backward(np.ascontiguousarray(dout, dtype=qkv.dtype), qkv, probs, dqkv, dscores)
+        return dqkv, dscores
     qkv, out, lse, _, block, bias = cache
     dqkv = np.empty_like(qkv)
     dscores = None if bias is None else np.empty((*lse.shape, lse.shape[2]), dtype=qkv.dtype)
@@ -534,7 +549,7 @@ def direct_backward(dout, qkv, bias, out, lse, dqkv, dscores):
         _pair_backward(dout, qkv, bias, out, lse, bh // heads, bh % heads, dqkv, dscores)
 
 
-def attention_forward(qkv, heads, bias=None):
+def attention_forward_direct(qkv, heads, bias=None):
     """qkv (B, N, 3D) -> out (B, N, D); the cache keeps lse as 3_flash's does (cache.probs recomputes
     the maps). bias (H, N, N), if given, is added to every image's scores before the softmax."""
     qkv, bias = _checked(qkv, heads, bias)
@@ -545,21 +560,100 @@ def attention_forward(qkv, heads, bias=None):
     return out, FlashAttentionCache(qkv, out, lse, heads, 0, bias)
 
 
-def attention_backward(dout, cache):
+def attention_backward_direct(dout, cache):
     """dout (B, N, D) -> dqkv (B, N, 3D), the probabilities recomputed from lse."""
     return _grads(dout, cache)[0]
 
 
+# -- 5_kept ---------------------------------------------------------------------------------------
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _pair_forward_kept(qkv, bias, b, h, heads, out, probs):
+    """One (batch, head) pair: probs[b, h] and out's head columns written."""
+    N, D = qkv.shape[1], qkv.shape[2] // 3
+    Dh = D // heads
+    c = h * Dh
+    q, k, v = _head_thirds(qkv, b, c, D, Dh)
+    p = probs[b, h]  # (N, N), contiguous: the scores, then in place the probabilities
+    gemm(q, False, k, True, p, 1.0 / math.sqrt(Dh), 0.0)
+    if bias is not None:
+        p += bias[h]
+    _softmax_rows(p, np.empty(N, dtype=np.float64))  # the log-sum-exps are not needed
+    gemm(p, False, v, False, out[b, :, c : c + Dh], 1.0, 0.0)
+
+
+@njit(parallel=True, cache=True)
+def kept_forward(qkv, bias, heads, out, probs):
+    """qkv (B, N, 3D) -> out (B, N, D) and probs (B, H, N, N), written; bias None or (H, N, N)."""
+    for bh in prange(qkv.shape[0] * heads):
+        _pair_forward_kept(qkv, bias, bh // heads, bh % heads, heads, out, probs)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _pair_backward_kept(dout, qkv, probs, b, h, dqkv, dscores):
+    """One (batch, head) pair from its kept probabilities: dqkv's head columns (and dscores[b, h])."""
+    heads, N = probs.shape[1], probs.shape[2]
+    D = dout.shape[2]
+    Dh = D // heads
+    scale = 1.0 / math.sqrt(Dh)
+    c = h * Dh
+    q, k, v = _head_thirds(qkv, b, c, D, Dh)
+    dq, dk, dv = _head_thirds(dqkv, b, c, D, Dh)
+    do, p = dout[b, :, c : c + Dh], probs[b, h]
+    gemm(p, True, do, False, dv, 1.0, 0.0)  # dv = probs^T dout
+    ds = np.empty((N, N), dtype=qkv.dtype)
+    gemm(do, False, v, True, ds, 1.0, 0.0)  # dprobs = dout v^T
+    for i in range(N):
+        delta = ds[i, 0] * p[i, 0]  # sum_j dprobs_ij probs_ij, from the row in cache
+        for j in range(1, N):
+            delta += ds[i, j] * p[i, j]
+        for j in range(N):
+            ds[i, j] = p[i, j] * (ds[i, j] - delta)  # dscores
+    if dscores is not None:
+        dscores[b, h] = ds
+    gemm(ds, False, k, False, dq, scale, 0.0)  # dq = dscores k / sqrt(Dh)
+    gemm(ds, True, q, False, dk, scale, 0.0)  # dk = dscores^T q / sqrt(Dh)
+
+
+@njit(parallel=True, cache=True)
+def kept_backward(dout, qkv, probs, dqkv, dscores):
+    """dout (B, N, D), the forward's qkv and probs (B, H, N, N) -> dqkv (B, N, 3D) (and dscores), written."""
+    heads = probs.shape[1]
+    for bh in prange(qkv.shape[0] * heads):
+        _pair_backward_kept(dout, qkv, probs, bh // heads, bh % heads, dqkv, dscores)
+
+
+def attention_forward(qkv, heads, bias=None):
+    """qkv (B, N, 3D) -> out (B, N, D). Where the probabilities (B, H, N, N) take no more memory than
+    qkv (B, N, 3D), i.e. N <= 3 Dh, the cache is the specification's with them kept; longer sequences
+    run 4_direct, whose memory does not grow with N^2. bias (H, N, N), if given, is added to every
+    image's scores before the softmax."""
+    B, N, three_d = qkv.shape
+    if N > three_d // heads:
+        return attention_forward_direct(qkv, heads, bias)
+    qkv, bias = _checked(qkv, heads, bias)
+    out = np.empty((B, N, three_d // 3), dtype=qkv.dtype)
+    probs = np.empty((B, heads, N, N), dtype=qkv.dtype)
+    kept_forward(qkv, bias, heads, out, probs)
+    return out, AttentionCache(qkv, probs, heads)
+
+
+def attention_backward(dout, cache):
+    """dout (B, N, D) -> dqkv (B, N, 3D), from the kept probabilities (or 4_direct's lse)."""
+    return _grads(dout, cache)[0]
+
+
 def attention_bias_forward(qkv, bias, heads):
-    """qkv (B, N, 3D), bias (H, N, N) -> out (B, N, D): 4_direct with the bias added to the scores
-    (tinyvit.layers.attention_bias_forward is the specification)."""
+    """qkv (B, N, 3D), bias (H, N, N) -> out (B, N, D): the default rung with the bias added to the
+    scores (tinyvit.layers.attention_bias_forward is the specification)."""
     return attention_forward(qkv, heads, bias=bias)
 
 
 def attention_bias_backward(dout, cache):
     """dout (B, N, D) -> dqkv (B, N, 3D), dbias (H, N, N): the bias's gradient is the scores',
     summed over the images that share it."""
-    dqkv, dscores = _grads(dout, cache)
+    dqkv, dscores = _grads(dout, cache, with_dscores=True)
     return dqkv, dscores.sum(axis=0)
 
 
@@ -567,5 +661,6 @@ VARIANTS = {
     "1_loops": (attention_forward_loops, attention_backward_loops),
     "2_blas_heads": (attention_forward_heads, attention_backward_heads),
     "3_flash": (attention_forward_flash, attention_backward_flash),
-    "4_direct": (attention_forward, attention_backward),
+    "4_direct": (attention_forward_direct, attention_backward_direct),
+    "5_kept": (attention_forward, attention_backward),
 }

@@ -120,7 +120,10 @@ def test_linear_gelu_matches_reference(variant, seed, dtype, rows, fin, m):
     assert_unchanged(before, [x, w, b, dout])
     x64, w64, b64, d64 = reference_inputs(x, w, b, dout)
     ref_out, ref_cache = layers.linear_gelu_forward(x64, w64, b64)
-    assert_close("linear_gelu out", out, ref_out, dtype)
+    # 1_erf_loops's 1 + erf(z / sqrt 2) cancels where z is far negative (the file's docstring): its
+    # error there is absolute, so it is measured against the pre-activations' size, not gelu(z)'s ~0
+    tail = np.max(np.abs(x64 @ w64 + b64)) if variant == "1_erf_loops" else 0.0
+    assert_close("linear_gelu out", out, ref_out, dtype, scale=tail)
     for name, g, r in zip(("dx", "dweight", "dbias"), grads, layers.linear_gelu_backward(d64, ref_cache)):
         assert_close("linear_gelu " + name, g, r, dtype)
 
@@ -281,7 +284,7 @@ def test_flash_attention_keeps_no_square_array_and_recomputes_the_maps():
 
 @given(seed=seeds, dtype=dtypes, batch=st.integers(1, 3), n=st.integers(1, 7), heads=st.integers(1, 3),
        dh=st.integers(1, 4))  # fmt: skip
-@pytest.mark.parametrize("rung", ["3_flash, block 2", "3_flash", "4_direct"])
+@pytest.mark.parametrize("rung", ["3_flash, block 2", "3_flash", "4_direct", "5_kept"])
 def test_attention_with_a_bias_matches_reference(rung, seed, dtype, batch, n, heads, dh):
     """The fused rungs with a bias (H, N, N) added to the scores: out, dqkv, and dbias, the scores'
     gradient summed over the batch (the relative position bias's path)."""
@@ -291,7 +294,7 @@ def test_attention_with_a_bias_matches_reference(rung, seed, dtype, batch, n, he
     before = snapshot(qkv, bias, dout)
     forward = ATTENTION_VARIANTS[rung][0]
     out, cache = forward(qkv, heads, bias=bias)
-    dqkv, dscores = numba_attention._grads(dout, cache)
+    dqkv, dscores = numba_attention._grads(dout, cache, with_dscores=True)
     assert_unchanged(before, [qkv, bias, dout])
     q64, b64, d64 = reference_inputs(qkv, bias, dout)
     ref_out, ref_cache = layers.attention_bias_forward(q64, b64, heads)
@@ -369,7 +372,7 @@ def test_kernels_use_the_specifications_caches_and_eps():
     assert type(numba_linear.linear_forward(x, np.ones((6, 4)), np.zeros(4))[1]) is LinearCache
     # the attention variants that keep the probabilities keep them in the specification's record;
     # 3_flash keeps log-sum-exps instead, a cache of its own (FlashAttentionCache)
-    for name in ("1_loops", "2_blas_heads"):
+    for name in ("1_loops", "2_blas_heads", "5_kept"):
         assert type(numba_attention.VARIANTS[name][0](x, 2)[1]) is AttentionCache, name
     assert type(numba_loss.cross_entropy_forward(np.zeros((2, 3)), np.array([0, 2]))[1]) is CrossEntropyCache
     assert numba_layernorm.layernorm_forward.__defaults__ == (EPS,)
