@@ -450,7 +450,7 @@ def _grads(dout, cache, with_dscores=False):
     if block:
         flash_backward(dout, qkv, bias, out, lse, block, dqkv, dscores)
     else:
-        direct_backward(dout, qkv, bias, out, lse, dqkv, dscores)
+        direct_backward(dout, qkv, bias, lse, dqkv, dscores)
     return dqkv, dscores
 
 
@@ -508,7 +508,7 @@ def direct_forward(qkv, bias, heads, out, lse):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _pair_backward(dout, qkv, bias, out, lse, b, h, dqkv, dscores):
+def _pair_backward(dout, qkv, bias, lse, b, h, dqkv, dscores):
     """One (batch, head) pair: dqkv's head columns (and dscores[b, h] with a bias) written."""
     heads, N = lse.shape[1], lse.shape[2]
     D = dout.shape[2]
@@ -517,7 +517,6 @@ def _pair_backward(dout, qkv, bias, out, lse, b, h, dqkv, dscores):
     c = h * Dh
     q, k, v = _head_thirds(qkv, b, c, D, Dh)
     dq, dk, dv = _head_thirds(dqkv, b, c, D, Dh)
-    do, o = dout[b, :, c : c + Dh], out[b, :, c : c + Dh]
     p = np.empty((N, N), dtype=qkv.dtype)
     gemm(q, False, k, True, p, scale, 0.0)  # the scores again
     if bias is not None:
@@ -526,27 +525,36 @@ def _pair_backward(dout, qkv, bias, out, lse, b, h, dqkv, dscores):
         for j in range(N):
             p[i, j] -= lse[b, h, i]
     exp_any_inplace(p.reshape(-1))  # probs = exp(score - lse)
-    gemm(p, True, do, False, dv, 1.0, 0.0)  # dv = probs^T dout
-    ds = np.empty((N, N), dtype=qkv.dtype)
-    gemm(do, False, v, True, ds, 1.0, 0.0)  # dprobs = dout v^T
-    for i in range(N):
-        delta = do[i, 0] * o[i, 0]  # sum_j dprobs_ij probs_ij = dout_i . out_i
-        for d in range(1, Dh):
-            delta += do[i, d] * o[i, d]
-        for j in range(N):
-            ds[i, j] = p[i, j] * (ds[i, j] - delta)  # dscores
+    ds = _grads_from_probs(p, dout[b, :, c : c + Dh], q, k, v, dq, dk, dv, scale)
     if dscores is not None:
         dscores[b, h] = ds
+
+
+@njit(fastmath=FASTMATH, cache=True, inline="always")
+def _grads_from_probs(p, do, q, k, v, dq, dk, dv, scale):
+    """One pair's backward from its probabilities p (N, N) and dout's head columns do (N, Dh):
+    dq, dk, dv written; returns dscores (N, N)."""
+    N = p.shape[0]
+    gemm(p, True, do, False, dv, 1.0, 0.0)  # dv = probs^T dout
+    ds = np.empty((N, N), dtype=p.dtype)
+    gemm(do, False, v, True, ds, 1.0, 0.0)  # dprobs = dout v^T
+    for i in range(N):
+        delta = ds[i, 0] * p[i, 0]  # sum_j dprobs_ij probs_ij
+        for j in range(1, N):
+            delta += ds[i, j] * p[i, j]
+        for j in range(N):
+            ds[i, j] = p[i, j] * (ds[i, j] - delta)  # dscores
     gemm(ds, False, k, False, dq, scale, 0.0)  # dq = dscores k / sqrt(Dh)
     gemm(ds, True, q, False, dk, scale, 0.0)  # dk = dscores^T q / sqrt(Dh)
+    return ds
 
 
 @njit(parallel=True, cache=True)
-def direct_backward(dout, qkv, bias, out, lse, dqkv, dscores):
-    """dout (B, N, D), the forward's qkv, bias, out and lse -> dqkv (B, N, 3D) (and dscores), written."""
+def direct_backward(dout, qkv, bias, lse, dqkv, dscores):
+    """dout (B, N, D), the forward's qkv, bias and lse -> dqkv (B, N, 3D) (and dscores), written."""
     heads = lse.shape[1]
     for bh in prange(qkv.shape[0] * heads):
-        _pair_backward(dout, qkv, bias, out, lse, bh // heads, bh % heads, dqkv, dscores)
+        _pair_backward(dout, qkv, bias, lse, bh // heads, bh % heads, dqkv, dscores)
 
 
 def attention_forward_direct(qkv, heads, bias=None):
@@ -593,27 +601,16 @@ def kept_forward(qkv, bias, heads, out, probs):
 @njit(fastmath=FASTMATH, cache=True)
 def _pair_backward_kept(dout, qkv, probs, b, h, dqkv, dscores):
     """One (batch, head) pair from its kept probabilities: dqkv's head columns (and dscores[b, h])."""
-    heads, N = probs.shape[1], probs.shape[2]
+    heads = probs.shape[1]
     D = dout.shape[2]
     Dh = D // heads
     scale = 1.0 / math.sqrt(Dh)
     c = h * Dh
     q, k, v = _head_thirds(qkv, b, c, D, Dh)
     dq, dk, dv = _head_thirds(dqkv, b, c, D, Dh)
-    do, p = dout[b, :, c : c + Dh], probs[b, h]
-    gemm(p, True, do, False, dv, 1.0, 0.0)  # dv = probs^T dout
-    ds = np.empty((N, N), dtype=qkv.dtype)
-    gemm(do, False, v, True, ds, 1.0, 0.0)  # dprobs = dout v^T
-    for i in range(N):
-        delta = ds[i, 0] * p[i, 0]  # sum_j dprobs_ij probs_ij, from the row in cache
-        for j in range(1, N):
-            delta += ds[i, j] * p[i, j]
-        for j in range(N):
-            ds[i, j] = p[i, j] * (ds[i, j] - delta)  # dscores
+    ds = _grads_from_probs(probs[b, h], dout[b, :, c : c + Dh], q, k, v, dq, dk, dv, scale)
     if dscores is not None:
         dscores[b, h] = ds
-    gemm(ds, False, k, False, dq, scale, 0.0)  # dq = dscores k / sqrt(Dh)
-    gemm(ds, True, q, False, dk, scale, 0.0)  # dk = dscores^T q / sqrt(Dh)
 
 
 @njit(parallel=True, cache=True)
