@@ -513,28 +513,29 @@ def _pair_backward(dout, qkv, bias, lse, b, h, dqkv, dscores):
     heads, N = lse.shape[1], lse.shape[2]
     D = dout.shape[2]
     Dh = D // heads
-    scale = 1.0 / math.sqrt(Dh)
-    c = h * Dh
-    q, k, v = _head_thirds(qkv, b, c, D, Dh)
-    dq, dk, dv = _head_thirds(dqkv, b, c, D, Dh)
+    q, k, _ = _head_thirds(qkv, b, h * Dh, D, Dh)
     p = np.empty((N, N), dtype=qkv.dtype)
-    gemm(q, False, k, True, p, scale, 0.0)  # the scores again
+    gemm(q, False, k, True, p, 1.0 / math.sqrt(Dh), 0.0)  # the scores again
     if bias is not None:
         p += bias[h]
     for i in range(N):
         for j in range(N):
             p[i, j] -= lse[b, h, i]
     exp_any_inplace(p.reshape(-1))  # probs = exp(score - lse)
-    ds = _grads_from_probs(p, dout[b, :, c : c + Dh], q, k, v, dq, dk, dv, scale)
-    if dscores is not None:
-        dscores[b, h] = ds
+    _grads_from_probs(p, dout, qkv, b, h, heads, dqkv, dscores)
 
 
-@njit(fastmath=FASTMATH, cache=True, inline="always")
-def _grads_from_probs(p, do, q, k, v, dq, dk, dv, scale):
-    """One pair's backward from its probabilities p (N, N) and dout's head columns do (N, Dh):
-    dq, dk, dv written; returns dscores (N, N)."""
-    N = p.shape[0]
+@njit(fastmath=FASTMATH, cache=True)
+def _grads_from_probs(p, dout, qkv, b, h, heads, dqkv, dscores):
+    """One (batch, head) pair's backward from its probabilities p (N, N): dqkv's head columns
+    (and dscores[b, h], when dscores is not None) written."""
+    N, D = p.shape[0], dout.shape[2]
+    Dh = D // heads
+    scale = 1.0 / math.sqrt(Dh)
+    c = h * Dh
+    q, k, v = _head_thirds(qkv, b, c, D, Dh)
+    dq, dk, dv = _head_thirds(dqkv, b, c, D, Dh)
+    do = dout[b, :, c : c + Dh]
     gemm(p, True, do, False, dv, 1.0, 0.0)  # dv = probs^T dout
     ds = np.empty((N, N), dtype=p.dtype)
     gemm(do, False, v, True, ds, 1.0, 0.0)  # dprobs = dout v^T
@@ -546,7 +547,8 @@ def _grads_from_probs(p, do, q, k, v, dq, dk, dv, scale):
             ds[i, j] = p[i, j] * (ds[i, j] - delta)  # dscores
     gemm(ds, False, k, False, dq, scale, 0.0)  # dq = dscores k / sqrt(Dh)
     gemm(ds, True, q, False, dk, scale, 0.0)  # dk = dscores^T q / sqrt(Dh)
-    return ds
+    if dscores is not None:
+        dscores[b, h] = ds
 
 
 @njit(parallel=True, cache=True)
@@ -598,27 +600,13 @@ def kept_forward(qkv, bias, heads, out, probs):
         _pair_forward_kept(qkv, bias, bh // heads, bh % heads, heads, out, probs)
 
 
-@njit(fastmath=FASTMATH, cache=True)
-def _pair_backward_kept(dout, qkv, probs, b, h, dqkv, dscores):
-    """One (batch, head) pair from its kept probabilities: dqkv's head columns (and dscores[b, h])."""
-    heads = probs.shape[1]
-    D = dout.shape[2]
-    Dh = D // heads
-    scale = 1.0 / math.sqrt(Dh)
-    c = h * Dh
-    q, k, v = _head_thirds(qkv, b, c, D, Dh)
-    dq, dk, dv = _head_thirds(dqkv, b, c, D, Dh)
-    ds = _grads_from_probs(probs[b, h], dout[b, :, c : c + Dh], q, k, v, dq, dk, dv, scale)
-    if dscores is not None:
-        dscores[b, h] = ds
-
-
 @njit(parallel=True, cache=True)
 def kept_backward(dout, qkv, probs, dqkv, dscores):
     """dout (B, N, D), the forward's qkv and probs (B, H, N, N) -> dqkv (B, N, 3D) (and dscores), written."""
     heads = probs.shape[1]
     for bh in prange(qkv.shape[0] * heads):
-        _pair_backward_kept(dout, qkv, probs, bh // heads, bh % heads, dqkv, dscores)
+        b, h = bh // heads, bh % heads
+        _grads_from_probs(probs[b, h], dout, qkv, b, h, heads, dqkv, dscores)
 
 
 def attention_forward(qkv, heads, bias=None):
