@@ -48,7 +48,8 @@ def keep_freed_memory() -> bool:
     if mallopt is None:
         return False
     settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    return all([bool(mallopt(param, value)) for param, value in settings])
+    made = [mallopt(param, value) for param, value in settings]  # every one, even after a refusal
+    return all(made)
 
 
 def _mallopt():
