@@ -74,6 +74,12 @@ def median_time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
+def paired_ratios(a: list, b: list) -> list:
+    """a[r] / b[r] for every round r that measured both (an empty list when a round failed: the pairs
+    would no longer be the same round's)."""
+    return [x / y for x, y in zip(a, b)] if len(a) == len(b) else []
+
+
 def sgemm_peak(n: int) -> float:
     """GFLOP/s of an (n, n) @ (n, n) float32 product: the machine's matmul ceiling."""
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
@@ -402,7 +408,10 @@ def main(argv=None):
                     rates[fw, target].append(rate)
 
     print(f"\nimages/s, median over rounds (min-max); load average now {loadavg()}")
-    print(f"  {'target':20s} {'numba':>20s} {'torch':>20s} {'numba/torch':>11s} {'step % of peak':>15s} {'jax':>20s}")
+    print("numba/torch is the ratio of the medians; 'per round' the median (min-max) of each round's own ratio,")
+    print("the two processes of a round measured one after the other, so the machine's slower drift cancels")
+    print(f"  {'target':20s} {'numba':>20s} {'torch':>20s} {'numba/torch':>11s} {'per round':>18s} "
+          f"{'step % of peak':>15s} {'jax':>20s}")  # fmt: skip
     for target in targets:
         cells, med = [], {}
         for fw in ("numba", "torch", "jax"):
@@ -413,8 +422,10 @@ def main(argv=None):
         if TARGETS[target][2] == "train":
             gflops = step_flops(target_cfg(target), TARGETS[target][3]) / TARGETS[target][3] * med["numba"] / 1e9
             share = f"{100 * gflops / peak:5.0f}% ({gflops:.0f} GF/s)"
-        print(f"  {target:20s} {cells[0]:>20s} {cells[1]:>20s} {med['numba'] / med['torch']:10.2f}x {share:>15s} "
-              f"{cells[2]:>20s}")  # fmt: skip
+        per_round = paired_ratios(rates.get(("numba", target), []), rates.get(("torch", target), []))
+        paired = f"{np.median(per_round):.2f}x ({min(per_round):.2f}-{max(per_round):.2f})" if per_round else "-"
+        print(f"  {target:20s} {cells[0]:>20s} {cells[1]:>20s} {med['numba'] / med['torch']:10.2f}x {paired:>18s} "
+              f"{share:>15s} {cells[2]:>20s}")  # fmt: skip
 
     print("\npeak resident memory of a cifar-small training step, batch 128 (each in its own process)")
     args.preset, args.batch = "cifar-small", 128
