@@ -6,11 +6,16 @@ numba CPU kernels, each module a version of one NumPy specification in tinyvit.l
 The op modules keep their variants plain to fast in a VARIANTS table (name -> (forward, backward);
 a file with several ops has a table per op), the last being what the backend runs;
 benchmarks/bench_kernels.py times them side by side:
-    numba_linear      linear layer: 1_loops, 2_blas (BLAS products, fused bias pass, parallel column sums)
+    numba_linear      linear layer: 1_loops, 2_blas (BLAS products, fused bias pass, parallel column
+                      sums), 3_pool (the products on numba's thread pool, numba_matmul)
     numba_gelu        fc1 + exact GELU: 1_erf_loops, 2_erfc_rows, 3_rational32 (float32 rational erf)
-    numba_layernorm   LayerNorm forward/backward: 1_loops, 2_parallel_rows
-    numba_attention   multi-head attention: 1_loops, 2_blas_heads, 3_flash (online softmax, no (B, H, N, N))
-    numba_embed       class token + position embedding, the residual add: 1_loops, 2_parallel
+    numba_layernorm   LayerNorm forward/backward: 1_loops, 2_parallel_rows; the residual add fused
+                      into the LayerNorm after it (ADD_VARIANTS): 1_loops, 2_parallel_rows
+    numba_attention   multi-head attention: 1_loops, 2_blas_heads, 3_flash (online softmax, no
+                      (B, H, N, N)), 4_direct (BLAS on each head's columns in place), 5_kept (the
+                      probabilities kept for backward where they fit)
+    numba_embed       class token + position embedding, the residual add (ADD_VARIANTS): 1_loops,
+                      2_parallel
     numba_loss        softmax cross-entropy with label smoothing: 1_loops, 2_parallel_rows
     numba_patchify    patchify and its inverse: 1_loops, 2_parallel (images in parallel, memory in order)
     numba_adamw       AdamW into fresh arrays, the global gradient norm, clipping (ADAMW_, SQUARES_,
@@ -18,8 +23,11 @@ benchmarks/bench_kernels.py times them side by side:
     numba_head        the official checkpoints' options: fc1 + tanh GELU, position embedding without
                       a class token, mean over tokens, the tanh of pre_logits (a table each): 1_loops,
                       2_parallel
+    numba_matmul      products on numba's pool: each thread's block of rows to single-threaded BLAS
+                      (`gemm`: BLAS called directly, on strided blocks of bigger arrays)
     numba_exp         a vectorisable exp (float64 and float32) for softmax and the GELU derivative
     numba_backend     the Backend that gathers them
+    precompile        a second process that compiles the step's kernels while the first starts
 
 numba.cuda GPU kernels, versions of the same specification, tested under the simulator:
     cuda_matmul       tiled shared-memory SGEMM, plain and register-blocked, transposed and batched forms

@@ -290,3 +290,24 @@ def test_the_backend_runs_each_tables_last_variant():
         assert [int(n.split("_")[0]) for n in names] == list(range(1, len(names) + 1)), f"{op}: {names}"
         assert table[names[-1]] == runs, f"{op}: the backend does not run {names[-1]}"
         assert len({id(v) for v in table.values()}) == len(names), f"{op}: two rungs are the same function"
+
+
+def test_the_package_docstring_names_every_variant():
+    """kernels/__init__.py lists each numba module's ladder: a new rung must be named there too."""
+    import importlib
+    import pkgutil
+
+    import tinyvit.kernels as package
+
+    doc = package.__doc__
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("numba_"):
+            continue
+        entry = "\n    " + info.name  # each module's entry starts a line, indented by four
+        assert entry in doc, f"kernels/__init__.py does not list {info.name}"
+        module = importlib.import_module(f"tinyvit.kernels.{info.name}")
+        line = doc[doc.index(entry) + 1 :].split("\n    numba_")[0]  # up to the next module's entry
+        for table, variants in vars(module).items():
+            if table.endswith("VARIANTS") and isinstance(variants, dict):
+                missing = [name for name in variants if name not in line]
+                assert not missing, f"kernels/__init__.py's entry for {info.name} lacks {table} {missing}"
