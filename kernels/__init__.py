@@ -28,6 +28,8 @@ benchmarks/bench_kernels.py times them side by side:
     numba_exp         a vectorisable exp (float64 and float32) for softmax and the GELU derivative
     numba_backend     the Backend that gathers them
     precompile        a second process that compiles the step's kernels while the first starts
+    cache             one cache stamp for the whole folder: an edit to any kernel file recompiles
+                      the kernels that inline or call its code
 
 numba.cuda GPU kernels, versions of the same specification, tested under the simulator:
     cuda_matmul       tiled shared-memory SGEMM, plain and register-blocked, transposed and batched forms
@@ -36,3 +38,9 @@ numba.cuda GPU kernels, versions of the same specification, tested under the sim
     cuda_head         the official checkpoints' options (as numba_head)
     cuda_common       launch sizes and array helpers; cuda_backend gathers them into the Backend
 """
+
+import os
+
+from .cache import stamp_whole_folder
+
+stamp_whole_folder(os.path.dirname(os.path.abspath(__file__)))  # before any kernel module is imported

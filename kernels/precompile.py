@@ -5,7 +5,8 @@ another, on one core (its compiler holds a lock): on a 2-core laptop the first t
 step of a fresh install waits about 25 s for it, while the other core has nothing to do.
 
 `start_if_cold()` (called when the numba backend loads) gives that core the work: when some
-kernel listed in precompile.txt has no cache file yet, it launches
+kernel listed in precompile.txt has nothing usable in the cache yet (never compiled here, or
+compiled before some kernel file changed: kernels/cache.py), it launches
 `python -m tinyvit.kernels.precompile`, which compiles the listed kernels from the end of the
 list, the backward pass and the optimiser, towards its start. Each kernel lands in numba's
 cache when it is done; the training process, compiling from the forward pass on, finds
@@ -89,8 +90,9 @@ def compile_all(lines: list[str]) -> None:
 
 
 def cold(lines: list[str]) -> bool:
-    """True when some listed kernel has no index file in numba's cache (it was never compiled here)."""
-    return any(not os.path.exists(kernel(line)._cache._cache_file._index_path) for line in lines)  # numba's cache layout
+    """True when some listed kernel has nothing usable in numba's cache: never compiled here, or
+    compiled before a kernel file changed (kernels/cache.py), which numba reads as an empty index."""
+    return any(not kernel(line)._cache._cache_file._load_index() for line in lines)  # numba's cache internals
 
 
 _helper: subprocess.Popen | None = None
