@@ -75,9 +75,8 @@ def median_time(fn, repeats: int) -> float:
 
 
 def paired_ratios(a: list, b: list) -> list:
-    """a[r] / b[r] for every round r that measured both (an empty list when a round failed: the pairs
-    would no longer be the same round's)."""
-    return [x / y for x, y in zip(a, b)] if len(a) == len(b) else []
+    """a[r] / b[r] for every round r that measured both (a failed measurement is None)."""
+    return [x / y for x, y in zip(a, b) if x is not None and y is not None]
 
 
 def sgemm_peak(n: int) -> float:
@@ -404,8 +403,7 @@ def main(argv=None):
         for target in targets:
             for fw in frameworks if r % 2 == 0 else frameworks[::-1]:
                 rate = measure(fw, target, repeats, args.threads)
-                if rate is not None:
-                    rates[fw, target].append(rate)
+                rates[fw, target].append(rate)  # None where it failed: the lists stay aligned by round
 
     print(f"\nimages/s, median over rounds (min-max); load average now {loadavg()}")
     print("numba/torch is the ratio of the medians; 'per round' the median (min-max) of each round's own ratio,")
@@ -415,7 +413,7 @@ def main(argv=None):
     for target in targets:
         cells, med = [], {}
         for fw in ("numba", "torch", "jax"):
-            got = rates.get((fw, target), [])
+            got = [rate for rate in rates.get((fw, target), []) if rate is not None]
             med[fw] = float(np.median(got)) if got else float("nan")
             cells.append(f"{med[fw]:8.1f} ({min(got):.0f}-{max(got):.0f})" if got else "-")
         share = ""

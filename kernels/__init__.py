@@ -29,7 +29,7 @@ benchmarks/bench_kernels.py times them side by side:
     numba_backend     the Backend that gathers them
     precompile        a second process that compiles the step's kernels while the first starts
     cache             one cache stamp for the whole folder: an edit to any kernel file recompiles
-                      the kernels that inline or call its code
+                      every kernel, so none keeps an edited helper's old code
 
 numba.cuda GPU kernels, versions of the same specification, tested under the simulator:
     cuda_matmul       tiled shared-memory SGEMM, plain and register-blocked, transposed and batched forms

@@ -51,6 +51,9 @@ class _FolderStampLocator(caching._CacheLocator):
     def __init__(self, inner):
         self._inner = inner
 
+    def __getattr__(self, name):  # what else numba reads from its locator (_py_file, _lineno): the inner one's
+        return getattr(self._inner, name)
+
     def ensure_cache_path(self):
         self._inner.ensure_cache_path()
 

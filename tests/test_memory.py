@@ -50,11 +50,13 @@ def test_freed_memory_is_reused_after_importing_tinyvit():
 @needs_glibc
 def test_blocks_above_glibcs_mmap_cap_are_reused_too():
     # 48 MiB is above the 32 MiB that M_MMAP_THRESHOLD may be raised to: such blocks are each mapped
-    # afresh unless M_MMAP_MAX is 0 (cifar-small's fc1 output at batch 256 is 51 MiB)
+    # afresh unless M_MMAP_MAX is 0 (cifar-small's fc1 output at batch 256 is 49 MiB)
     glibc = faults_per_cycle("numpy", count=4, mib=48)
     kept = faults_per_cycle("tinyvit", count=4, mib=48)
-    # (the kernel may fault such a mapping in by larger folios than 4 KiB: fewer faults, same zeroing)
-    assert glibc > 1000, f"glibc's defaults faulted only {glibc:.0f} pages per cycle: this test cannot tell"
+    # (the kernel may fault such a mapping in by larger folios than 4 KiB: fewer faults, same zeroing;
+    # with 2 MiB pages a cycle of 192 MiB is only ~100 faults, too few to tell the two apart)
+    if glibc <= 1000:
+        pytest.skip(f"glibc's defaults faulted only {glibc:.0f} times per cycle here: faults cannot tell")
     assert kept < glibc / 20, f"with tinyvit imported: {kept:.0f} page faults per cycle against glibc's {glibc:.0f}"
 
 

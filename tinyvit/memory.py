@@ -14,15 +14,17 @@ memory kept (docs/benchmarks.md, "Freed memory").
 `keep_freed_memory()` (called when tinyvit is imported) sets three of glibc's
 malloc parameters:
   M_MMAP_THRESHOLD 32 MiB   blocks up to 32 MiB (glibc's maximum) come from the heap, not a fresh mapping
-  M_MMAP_MAX 0              and so do bigger ones: no block gets a mapping of its own
+  M_MMAP_MAX 0              and so do bigger ones, from the main heap (a thread's own arena still maps
+                            a block it cannot hold); with it, the threshold above no longer matters
+                            there, but stays for a glibc that refuses M_MMAP_MAX
   M_TRIM_THRESHOLD 1 GiB    free memory at the top of a heap is kept up to 1 GiB
 so each step reuses the pages of the one before. The second matters for blocks
 above glibc's 32 MiB cap, which would otherwise be mapped afresh every time: at
-batch 256, cifar-small's fc1 output and its GELU are 51 MiB each, and inference
+batch 256, cifar-small's fc1 output and its GELU are 49 MiB each, and inference
 ran 1.2x faster once they stopped faulting in (docs/benchmarks.md, "Freed memory").
 Freed memory stays with the process (its resident size stays at the peak of a
-step) until it exits, except that a free top of the heap above 1 GiB (a big
-array freed last) goes back to the OS.
+step) until it exits, except that once the free top of the heap passes 1 GiB (a
+big array freed last) glibc gives it back to the OS.
 Defaults only: a user who sets MALLOC_MMAP_THRESHOLD_, MALLOC_MMAP_MAX_ or
 MALLOC_TRIM_THRESHOLD_, or TINYVIT_KEEP_FREED_MEMORY=0, keeps glibc's behaviour.
 Elsewhere than glibc (macOS, musl) it does nothing.
