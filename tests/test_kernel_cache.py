@@ -76,3 +76,7 @@ def test_tinyvits_kernels_use_the_folder_stamp():
     locator = numba_matmul.gemm._cache._impl._locator  # numba's cache internals: the test pins them
     assert isinstance(locator, cache._FolderStampLocator)
     assert locator.folder == os.path.dirname(os.path.abspath(cache.__file__))
+    # what numba reads from its own locators besides the methods (its warning that a function cannot
+    # be cached names locator._py_file) comes from the one wrapped
+    assert os.path.samefile(locator._py_file, numba_matmul.__file__)
+    assert locator._lineno == numba_matmul.gemm.py_func.__code__.co_firstlineno
