@@ -22,13 +22,17 @@ terms that were summed into an output where the sum can cancel (the bias gradien
   float64 is exact and the sum is in float64.
 """
 
+import importlib
+import pkgutil
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from tinyvit.kernels import numba_adamw, numba_head, numba_patchify
 
-from tinyvit import layers, optim
+from tinyvit import kernels, layers, optim
 from tinyvit.backend import get_backend
 
 FLOAT64_TOL = 1e-12
@@ -294,14 +298,8 @@ def test_the_backend_runs_each_tables_last_variant():
 
 def test_the_package_docstring_names_every_variant():
     """kernels/__init__.py lists each numba module's ladder: a new rung must be named there too."""
-    import importlib
-    import pkgutil
-    import re
-
-    import tinyvit.kernels as package
-
-    doc = package.__doc__
-    for info in pkgutil.iter_modules(package.__path__):
+    doc = kernels.__doc__
+    for info in pkgutil.iter_modules(kernels.__path__):
         if not info.name.startswith("numba_"):
             continue
         entry = "\n    " + info.name  # each module's entry starts a line, indented by four
