@@ -26,15 +26,16 @@ blocks of bigger arrays in place, which attention's kernel (4_direct in
 kernels/numba_attention.py) also uses on each head's columns.
 """
 
+import ctypes
+import os
+
+import llvmlite.binding as llvm
 import numba
 import numpy as np
 from numba import get_num_threads, njit, prange, types
+from numba.extending import get_cython_function_address
 
-from tinyvit.threads import inner_blas_single_threaded
-
-# gemm inside prange calls SciPy's BLAS: one thread each. A SciPy that shares NumPy's BLAS
-# (no BLAS of its own) would nest BLAS threads inside numba's: the products stay on BLAS's pool then.
-_INNER_BLAS_ALONE = inner_blas_single_threaded()
+from tinyvit.threads import POOL_BLAS_PATHS, inner_blas_single_threaded
 
 MIN_ROWS = 32  # rows per thread below which a product runs on one thread
 
@@ -42,13 +43,58 @@ MIN_ROWS = 32  # rows per thread below which a product runs on one thread
 # -- BLAS called directly, on strided blocks of bigger arrays -------------------------------------
 # np.dot inside njit wants contiguous operands (it copies the others, as small fresh arrays) and
 # compiles its shape checks for every layout of its operands. `gemm` calls the BLAS product itself,
-# through numba's own entry to SciPy's BLAS (the one np.dot uses), on any row-major block whose rows
-# are contiguous: one head's columns of the attention's qkv, say, read in place.
+# on any row-major block whose rows are contiguous: one head's columns of the attention's qkv, say,
+# read in place.
+#
+# Which BLAS: the pool's own OpenBLAS, from the scipy-openblas32 package, set to one thread; else
+# SciPy's (the one numba's np.dot calls). Both are reached through the Fortran entry point
+# sgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc), every argument by address,
+# under one symbol name, so the compiled kernels (and numba's cache of them) do not depend on which
+# library it is. Why a library of its own: the weight gradient x^T dy reads x transposed, and
+# OpenBLAS 0.3.31 packs such an operand faster than SciPy's 0.3.30 (docs/benchmarks.md, "The
+# pool's BLAS"); and one of the pool's threads per call needs a BLAS set to one thread, which
+# NumPy's, running the products outside the pool, must not be.
 
-_XXGEMM = types.ExternalFunction("numba_xxgemm", types.intc(
-    types.char, types.char, types.char, types.intp, types.intp, types.intp,  # kind, transa, transb, m, n, k
-    types.voidptr, types.voidptr, types.intp, types.voidptr, types.intp,  # alpha, a, lda, b, ldb
-    types.voidptr, types.voidptr, types.intp))  # beta, c, ldc  # fmt: skip
+POOL_BLAS_ENV = "TINYVIT_POOL_BLAS"  # "scipy": SciPy's BLAS even where scipy-openblas32 is installed
+_FORTRAN_GEMM = types.void(*[types.voidptr] * 13)
+_SGEMM = types.ExternalFunction("tinyvit_pool_sgemm", _FORTRAN_GEMM)
+_DGEMM = types.ExternalFunction("tinyvit_pool_dgemm", _FORTRAN_GEMM)
+
+
+def _own_openblas():
+    """(sgemm, dgemm, path) of scipy-openblas32's library set to one thread, or None where it is
+    not installed or does not load (then SciPy's BLAS runs the products)."""
+    try:
+        import scipy_openblas32
+
+        path = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True))
+        lib = ctypes.CDLL(path)
+        lib.scipy_openblas_set_num_threads(1)
+        sgemm, dgemm = lib.scipy_sgemm_, lib.scipy_dgemm_
+    except (ImportError, OSError, AttributeError, IndexError):  # no package, no library, no such symbol
+        return None
+    POOL_BLAS_PATHS.add(os.path.realpath(path))  # set_threads keeps it at one thread
+    return ctypes.cast(sgemm, ctypes.c_void_p).value, ctypes.cast(dgemm, ctypes.c_void_p).value, path
+
+
+def _pool_blas():
+    """Register the pool's sgemm and dgemm under the names the kernels call; the library's path."""
+    own = None if os.environ.get(POOL_BLAS_ENV) == "scipy" else _own_openblas()
+    if own is None:
+        sgemm, dgemm = (get_cython_function_address("scipy.linalg.cython_blas", f) for f in ("sgemm", "dgemm"))
+        path = "scipy"
+    else:
+        sgemm, dgemm, path = own
+    llvm.add_symbol("tinyvit_pool_sgemm", sgemm)
+    llvm.add_symbol("tinyvit_pool_dgemm", dgemm)
+    return path
+
+
+POOL_BLAS = _pool_blas()
+# gemm inside prange calls the pool's BLAS: one thread each. Where that is a SciPy that shares
+# NumPy's BLAS (no BLAS of its own), BLAS threads would nest inside numba's: the products stay on
+# BLAS's pool then.
+_INNER_BLAS_ALONE = inner_blas_single_threaded() or POOL_BLAS != "scipy"
 _NO, _YES = ord("n"), ord("t")  # BLAS's transpose flags
 
 
@@ -62,13 +108,20 @@ def gemm(a, a_transposed, b, b_transposed, out, alpha, beta):
     m, n = out.shape
     k = a.shape[0] if a_transposed else a.shape[1]
     size = out.itemsize
-    scalars = np.empty(2, out.dtype)  # BLAS takes alpha and beta by address
+    scalars = np.empty(2, out.dtype)  # BLAS takes every argument by address
     scalars[0], scalars[1] = alpha, beta
-    status = _XXGEMM(ord("s") if size == 4 else ord("d"), _YES if b_transposed else _NO, _YES if a_transposed else _NO,
-                     n, m, k, scalars[0:].ctypes, b.ctypes, b.strides[0] // size, a.ctypes, a.strides[0] // size,
-                     scalars[1:].ctypes, out.ctypes, out.strides[0] // size)  # fmt: skip
-    if status != 0:
-        raise RuntimeError("no BLAS product in SciPy for numba")
+    flags = np.empty(2, np.uint8)  # transb, transa: one character each
+    flags[0], flags[1] = _YES if b_transposed else _NO, _YES if a_transposed else _NO
+    ints = np.empty(6, np.int32)  # n, m, k, ldb, lda, ldc
+    ints[0], ints[1], ints[2] = n, m, k
+    ints[3], ints[4], ints[5] = b.strides[0] // size, a.strides[0] // size, out.strides[0] // size
+    args = (flags[0:].ctypes, flags[1:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes,
+            scalars[0:].ctypes, b.ctypes, ints[3:].ctypes, a.ctypes, ints[4:].ctypes,
+            scalars[1:].ctypes, out.ctypes, ints[5:].ctypes)  # fmt: skip
+    if size == 4:
+        _SGEMM(*args)
+    else:
+        _DGEMM(*args)
 
 
 @njit(parallel=True, cache=True)

@@ -6,6 +6,8 @@ and the weight gradient's partial sums are added. float32 results are checked
 against the float64 product of the same (rounded) inputs with
 test_numba_kernels' tolerance."""
 
+import os
+
 import numpy as np
 import pytest
 from test_numba_kernels import assert_close
@@ -78,3 +80,49 @@ def test_gemm_on_strided_blocks_with_alpha_and_beta(a_transposed, b_transposed, 
     want[2:9, 1:5] = 0.5 * op_a.astype(np.float64) @ op_b.astype(np.float64) + 2.0 * want[2:9, 1:5]
     gemm(a, a_transposed, b, b_transposed, big_out[2:9, 1:5], 0.5, 2.0)
     assert_close("gemm", big_out, want, dtype)
+
+
+POOL_CHILD = """
+import numpy as np
+from tinyvit.kernels import numba_matmul
+rng = np.random.default_rng(3)
+a, y = rng.standard_normal((300, 24)), rng.standard_normal((300, 40))
+print(numba_matmul.POOL_BLAS, np.abs(numba_matmul.matmul_tn(a, y) - a.T @ y).max())
+"""
+
+
+def test_either_pool_blas_runs_kernels_cached_under_the_other(tmp_path):
+    """The kernels call the pool's BLAS by one symbol name whichever library it is, so numba's cache
+    filled under SciPy's BLAS (TINYVIT_POOL_BLAS=scipy) serves the default, and the other way round."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    own = importlib.util.find_spec("scipy_openblas32") is not None
+    seen = []
+    for choice in ("scipy", "default", "scipy"):
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), TINYVIT_POOL_BLAS=choice)
+        out = subprocess.run([sys.executable, "-c", POOL_CHILD], env=env, capture_output=True, text=True, check=False)
+        assert out.returncode == 0, out.stderr[-2000:]
+        blas, err = out.stdout.split()
+        assert float(err) < 1e-10, f"{choice}: a.T @ y off by {err}"
+        seen.append(blas)
+    assert seen[0] == seen[2] == "scipy"
+    assert (seen[1] != "scipy") == own, f"scipy-openblas32 installed: {own}, the default ran {seen[1]}"
+
+
+def test_the_pools_own_blas_keeps_one_thread_after_set_threads():
+    """scipy-openblas32's library runs only inside numba's loops, one call per thread: set_threads
+    must not give it more threads (that would nest BLAS threads inside numba's)."""
+    from threadpoolctl import threadpool_info
+
+    from tinyvit.threads import set_threads
+
+    if numba_matmul.POOL_BLAS == "scipy":
+        pytest.skip("scipy-openblas32 is not installed here: SciPy's BLAS runs the pool's products")
+    set_threads(2)
+    try:
+        pools = {os.path.realpath(p["filepath"]): p["num_threads"] for p in threadpool_info()}
+        assert pools[os.path.realpath(numba_matmul.POOL_BLAS)] == 1, pools
+    finally:
+        set_threads(None)

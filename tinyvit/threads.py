@@ -61,6 +61,7 @@ OPENBLAS_TIMEOUT = "4"  # log2 of the cycles an idle OpenBLAS thread spins befor
 NUMBA_LAYERS = ["omp", "workqueue", "tbb"]  # numba takes the first one it can load
 OMP_SPIN = "100000"  # GOMP_SPINCOUNT: busy-wait iterations of an idle OpenMP worker before it sleeps
 SET_HERE: set[str] = set()  # the environment variables quiet_pools set (the user had not)
+POOL_BLAS_PATHS: set[str] = set()  # BLAS libraries only numba's threads call (kernels/numba_matmul.py): one thread
 
 
 def quiet_pools() -> None:
@@ -100,8 +101,9 @@ def _reread_loaded_openblas() -> None:
 
 
 def inner_blas_single_threaded() -> bool:
-    """SciPy's own BLAS (what numba's np.dot calls inside parallel loops) runs on one thread.
-    False when SciPy has no BLAS of its own (it shares NumPy's, whose threads are left alone)."""
+    """SciPy's own BLAS (what numba's np.dot calls inside parallel loops) runs on one thread, and so
+    does the pool's own BLAS where there is one (POOL_BLAS_PATHS). False when SciPy has no BLAS of
+    its own (it shares NumPy's, whose threads are left alone)."""
     import scipy
     import scipy.linalg.cython_blas
     from threadpoolctl import ThreadpoolController
@@ -110,9 +112,13 @@ def inner_blas_single_threaded() -> bool:
     own = (scipy_dir + os.sep, scipy_dir + ".libs" + os.sep)  # inside the SciPy package: not NumPy's
     found = False
     for lib in ThreadpoolController().lib_controllers:
-        if lib.user_api == "blas" and os.path.abspath(lib.filepath).startswith(own):
+        if lib.user_api != "blas":
+            continue
+        if os.path.abspath(lib.filepath).startswith(own):
             lib.set_num_threads(1)
             found = True
+        elif os.path.realpath(lib.filepath) in POOL_BLAS_PATHS:
+            lib.set_num_threads(1)
     return found
 
 
