@@ -2,6 +2,7 @@
 
     python benchmarks/bench_gemm.py                          # cifar-small step, batch 128, 2 threads
     python benchmarks/bench_gemm.py --preset vit-b16 --batch 8
+    TINYVIT_POOL_BLAS=scipy python benchmarks/bench_gemm.py  # the pool's products on SciPy's BLAS
 
 For every linear layer of a block (and the patch embedding) it times the three
 products a training step makes, on their exact shapes and transpositions:
@@ -14,9 +15,15 @@ process (median of --repeats), so they share the machine's state.
   with --threads threads (its own OpenMP pool);
 - blis: the `blis` package's gemm (`pip install blis`), single-threaded as
   built; timed on one thread and with the output rows (for dW, the summed-over
-  rows) split over --threads Python threads, which it runs without the GIL.
-Libraries that are not installed are skipped. tinyvit itself uses none of
-these but NumPy's; this measures whether another would pay.
+  rows) split over --threads Python threads, which it runs without the GIL;
+- pool: tinyvit's own products (kernels/numba_matmul.py), the rows split over
+  numba's pool, one call of the pool's BLAS per thread: scipy-openblas32's
+  OpenBLAS, or SciPy's with TINYVIT_POOL_BLAS=scipy (the header names it);
+- scipy 1 thread, scipy-openblas32 1 thread: SciPy's own OpenBLAS and the
+  scipy-openblas32 package's, each through its cblas_sgemm on one thread, as
+  each of the pool's threads calls them.
+Libraries that are not installed are skipped. tinyvit runs NumPy's OpenBLAS
+and the pool's; this measures whether another would pay.
 """
 
 from __future__ import annotations
@@ -86,6 +93,56 @@ def load_blis(threads: int):
     return one, split
 
 
+def load_one_thread_openblas():
+    """{name: gemm} on one thread for SciPy's own OpenBLAS and scipy-openblas32's (those installed)."""
+    import scipy
+    import scipy.linalg.cython_blas  # loads SciPy's BLAS
+    from threadpoolctl import threadpool_info
+
+    paths = {}
+    scipy_dir = os.path.dirname(os.path.abspath(scipy.__file__))
+    for pool in threadpool_info():
+        if pool.get("internal_api") == "openblas" and os.path.abspath(pool["filepath"]).startswith(scipy_dir):
+            paths["scipy 1 thread"] = pool["filepath"]  # in scipy.libs, beside the package
+    try:
+        import scipy_openblas32
+
+        paths["scipy-openblas32 1 thread"] = os.path.join(scipy_openblas32.get_lib_dir(),
+                                                          scipy_openblas32.get_library(fullname=True))  # fmt: skip
+    except ImportError:
+        pass
+    return {name: _cblas_sgemm(path) for name, path in paths.items()}
+
+
+def _cblas_sgemm(path: str):
+    """(a, b, ta, tb) -> op(a) @ op(b) on the scipy_cblas_sgemm of the OpenBLAS at path, one thread."""
+    lib = ctypes.CDLL(path)
+    f = lib.scipy_cblas_sgemm
+    lib.scipy_openblas_set_num_threads(1)
+    i, p, s = ctypes.c_int, ctypes.c_void_p, ctypes.c_float
+    f.argtypes = [i, i, i, i, i, i, s, p, i, p, i, s, p, i]
+    f.restype = None
+
+    def gemm(a, b, ta, tb):
+        m, k = (a.shape[1], a.shape[0]) if ta else a.shape
+        n = b.shape[0] if tb else b.shape[1]
+        c = np.empty((m, n), dtype=np.float32)
+        f(ROW_MAJOR, TRANS if ta else NO_TRANS, TRANS if tb else NO_TRANS, m, n, k, 1.0,
+          a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], 0.0, c.ctypes.data, n)  # fmt: skip
+        return c
+
+    return gemm
+
+
+def pool_product(a, b, ta, tb):
+    """op(a) @ op(b) as a training step computes it: on numba's pool (kernels/numba_matmul.py)."""
+    from tinyvit.kernels import numba_matmul
+
+    if ta:
+        return numba_matmul.matmul_tn(a, b)
+    return numba_matmul.matmul(a, b.T if tb else b)
+
+
 def step_products(cfg, batch: int):
     """(name, a, b, ta, tb) for each product of a training step's linear layers (one block, and the patch embedding)."""
     R, D, M = batch * cfg.num_tokens, cfg.dim, cfg.mlp_dim
@@ -119,12 +176,18 @@ def main(argv=None):
     if blis:
         libs["blis 1 thread"], libs[f"blis {args.threads} threads"] = blis
     missing = [n for n, lib in (("mkl", mkl), ("blis", blis)) if lib is None]
+    from tinyvit.kernels.numba_matmul import POOL_BLAS
+
+    libs["pool"] = pool_product
+    libs.update(load_one_thread_openblas())
     cfg = get_preset(args.preset)
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
     print(f"{args.preset}, batch {args.batch}, float32, {args.threads} threads; GFLOP/s, median of "
           f"{args.repeats} alternating calls; load average {load}" + (f"; not installed: {missing}" if missing else ""))
-    print(f"  {'product':32s}" + "".join(f"{n:>16s}" for n in libs))
+    print(f"the pool's BLAS: {POOL_BLAS}")
+    width = max(16, *(len(n) + 2 for n in libs))
+    print(f"  {'product':32s}" + "".join(f"{n:>{width}s}" for n in libs))
     totals = dict.fromkeys(libs, 0.0)
     for name, a, b, ta, tb, flops in step_products(cfg, args.batch):
         want = libs["numpy"](a, b, ta, tb)
@@ -141,8 +204,8 @@ def main(argv=None):
                 times[n].append(time.perf_counter() - t)
         for n in libs:
             totals[n] += float(np.median(times[n]))
-        print(f"  {name:32s}" + "".join(f"{flops / np.median(times[n]) / 1e9:16.0f}" for n in libs))
-    print(f"  {'all of them, ms':32s}" + "".join(f"{1e3 * totals[n]:16.1f}" for n in libs))
+        print(f"  {name:32s}" + "".join(f"{flops / np.median(times[n]) / 1e9:{width}.0f}" for n in libs))
+    print(f"  {'all of them, ms':32s}" + "".join(f"{1e3 * totals[n]:{width}.1f}" for n in libs))
 
 
 if __name__ == "__main__":
