@@ -126,3 +126,14 @@ def test_the_pools_own_blas_keeps_one_thread_after_set_threads():
         assert pools[os.path.realpath(numba_matmul.POOL_BLAS)] == 1, pools
     finally:
         set_threads(None)
+
+
+def test_a_scipy_openblas32_that_does_not_load_leaves_scipys_blas(monkeypatch, tmp_path):
+    """A broken install (no library where the package says) is not an error: SciPy's BLAS runs the
+    products (_pool_blas falls back on None)."""
+    scipy_openblas32 = pytest.importorskip("scipy_openblas32")
+    monkeypatch.setattr(scipy_openblas32, "get_lib_dir", lambda: str(tmp_path / "missing"))
+    assert numba_matmul._own_openblas() is None
+    (tmp_path / "libscipy_openblas.so").write_bytes(b"not a library")
+    monkeypatch.setattr(scipy_openblas32, "get_lib_dir", lambda: str(tmp_path))
+    assert numba_matmul._own_openblas() is None
