@@ -6,6 +6,8 @@ keeps the CUDA simulator fast and makes block edges take part).
 """
 
 import math
+import sys
+import threading
 
 import numpy as np
 from numba import config, cuda
@@ -20,6 +22,41 @@ MAX_ROW_THREADS = 1024  # kernels import this name itself: numba.cuda needs a sh
 # Under NUMBA_ENABLE_CUDASIM=1 kernels run as Python threads, and the simulator
 # has no warp shuffles (cuda.shfl_*_sync); the reductions then use shared memory.
 SIMULATING = bool(config.ENABLE_CUDASIM)
+
+
+def _shared_arrays_for_the_whole_block():
+    """The simulator's cuda.shared.array, made safe for the block's threads to call at once.
+
+    The simulator gives each block one dict of shared arrays, keyed by the source line that
+    asks for one: the first thread to reach the line makes the array, the others find it. It
+    looks and then stores with no lock, so two threads that switch between the two steps
+    each make an array of their own, and the block's threads no longer share it: the loads
+    of a tiled product then go where half the threads never read (the lessons and tests
+    switch threads often, sys.setswitchinterval, and saw wrong gradients now and then). The
+    same lookup, under one lock."""
+    from numba.cuda.simulator import kernelapi
+
+    lock = threading.Lock()
+    dynamic = kernelapi.FakeCUDAShared.array
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory, or the simulator's own error
+            return dynamic(self, shape, dtype, alignment)
+        frame = sys._getframe(1)  # the kernel's line that asks for the array
+        key = (frame.f_code.co_filename, frame.f_lineno)
+        if isinstance(dtype, kernelapi.types.Type):
+            dtype = kernelapi.numpy_support.as_dtype(dtype)
+        with lock:
+            found = self._allocations.get(key)
+            if found is None:
+                found = self._allocations[key] = np.empty(shape, dtype)
+        return found
+
+    kernelapi.FakeCUDAShared.array = array
+
+
+if SIMULATING:
+    _shared_arrays_for_the_whole_block()
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 

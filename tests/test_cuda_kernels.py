@@ -108,6 +108,37 @@ def test_matmul_thread_patch_larger_than_the_matrix():
     assert_close(host(matmul(dev(A, np.float64), dev(B, np.float64))), A @ B, 1e-12, "tiny regblock matmul")
 
 
+def test_the_simulators_shared_array_is_one_array_for_threads_that_ask_at_once():
+    """The simulator makes a block's shared array when the first thread asks for it; threads that
+    ask at the same moment must get that one array (cuda_common makes the look-up and the store
+    one step). Unpatched, 16 threads released together by a barrier got two arrays or more in
+    about 1 trial in 20 here, and a product's threads then read tiles the others never wrote."""
+    import sys
+    import threading
+
+    if not cuda_common.SIMULATING:
+        pytest.skip("on a GPU shared memory is the hardware's: nothing to patch")
+    from numba.cuda.simulator import kernelapi
+
+    def ask(shared, together, got, i):
+        together.wait()
+        got[i] = shared.array(8, np.float64)  # one source line: one array for the block
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can: inside the look-up too
+    try:
+        for trial in range(200):
+            shared, together, got = kernelapi.FakeCUDAShared(0), threading.Barrier(16), [None] * 16
+            threads = [threading.Thread(target=ask, args=(shared, together, got, i)) for i in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert len({id(a) for a in got}) == 1, f"trial {trial}: 16 threads got {len({id(a) for a in got})} arrays"
+    finally:
+        sys.setswitchinterval(interval)
+
+
 def test_matmul_rejects_mismatched_inner_dimensions():
     a, b = dev(np.ones((2, 3)), np.float64), dev(np.ones((4, 5)), np.float64)
     with pytest.raises(ValueError, match="inner dimensions"):
