@@ -11,7 +11,6 @@
 
 import os
 import sys
-import threading
 from pathlib import Path
 
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not Path("/dev/nvidia0").exists():
@@ -21,7 +20,6 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ and not Path("/dev/nvidia0").exists(
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -31,45 +29,6 @@ settings.register_profile(
 )  # fmt: skip
 settings.register_profile("dev", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
-
-
-def _thread_safe_simulator_shared_arrays():
-    """Serialise the CUDA simulator's shared-array allocation.
-
-    The simulator runs a block's threads as Python threads and gives them one shared
-    array per source line: it looks the line up in a dict and, if absent, creates the
-    array, with no lock. Two threads that reach the line together can both find it
-    absent and get two different arrays, and a block reduction then adds up garbage
-    (seen as a rare wrong loss; a real GPU does not have this problem). This
-    replacement does the same lookup under a lock."""
-    import traceback
-
-    from numba.core import types
-    from numba.cuda.simulator import kernelapi
-    from numba.np import numpy_support
-
-    original, lock = kernelapi.FakeCUDAShared.array, threading.Lock()
-
-    def array(self, shape, dtype, alignment=None):
-        if alignment is not None or shape == 0:
-            return original(self, shape, dtype, alignment)
-        if isinstance(dtype, types.Type):
-            dtype = numpy_support.as_dtype(dtype)
-        caller = traceback.extract_stack(sys._getframe())[-2][0:2]  # the kernel line, as the simulator keys it
-        with lock:
-            found = self._allocations.get(caller)
-            if found is None:
-                found = self._allocations[caller] = np.empty(shape, dtype)
-        return found
-
-    kernelapi.FakeCUDAShared.array = array
-
-
-if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-    try:
-        _thread_safe_simulator_shared_arrays()
-    except ImportError:  # numba-cuda not installed: no CUDA tests run
-        pass
 
 
 @pytest.fixture(scope="module")
