@@ -51,7 +51,11 @@ def load_mkl(threads: int):
         return None
     lib = ctypes.CDLL(paths[0])
     lib.MKL_Set_Num_Threads(ctypes.c_int(threads))
-    f = lib.cblas_sgemm
+    return _row_major_product(lib.cblas_sgemm)
+
+
+def _row_major_product(f):
+    """(a, b, ta, tb) -> op(a) @ op(b) through f, a cblas_sgemm with 32-bit integers, on row-major arrays."""
     i, p, s = ctypes.c_int, ctypes.c_void_p, ctypes.c_float
     f.argtypes = [i, i, i, i, i, i, s, p, i, p, i, s, p, i]
     f.restype = None
@@ -117,21 +121,8 @@ def load_one_thread_openblas():
 def _cblas_sgemm(path: str):
     """(a, b, ta, tb) -> op(a) @ op(b) on the scipy_cblas_sgemm of the OpenBLAS at path, one thread."""
     lib = ctypes.CDLL(path)
-    f = lib.scipy_cblas_sgemm
     lib.scipy_openblas_set_num_threads(1)
-    i, p, s = ctypes.c_int, ctypes.c_void_p, ctypes.c_float
-    f.argtypes = [i, i, i, i, i, i, s, p, i, p, i, s, p, i]
-    f.restype = None
-
-    def gemm(a, b, ta, tb):
-        m, k = (a.shape[1], a.shape[0]) if ta else a.shape
-        n = b.shape[0] if tb else b.shape[1]
-        c = np.empty((m, n), dtype=np.float32)
-        f(ROW_MAJOR, TRANS if ta else NO_TRANS, TRANS if tb else NO_TRANS, m, n, k, 1.0,
-          a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], 0.0, c.ctypes.data, n)  # fmt: skip
-        return c
-
-    return gemm
+    return _row_major_product(lib.scipy_cblas_sgemm)
 
 
 def pool_product(a, b, ta, tb):
