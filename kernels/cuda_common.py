@@ -36,6 +36,8 @@ def _shared_arrays_for_the_whole_block():
     same lookup, under one lock."""
     from numba.cuda.simulator import kernelapi
 
+    if not all(hasattr(kernelapi, n) for n in ("FakeCUDAShared", "types", "numpy_support")):
+        return  # a simulator laid out otherwise: its own method stays
     lock = threading.Lock()
     dynamic = kernelapi.FakeCUDAShared.array
 

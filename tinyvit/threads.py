@@ -34,15 +34,17 @@ numba's spin only briefly:
   forks after a parallel loop and runs numba kernels in the child should set
   NUMBA_THREADING_LAYER=workqueue (tinyvit itself never forks).
 
-A third pool hides inside numba's loops: numba's `np.dot` calls SciPy's BLAS
-(pip's SciPy ships its own OpenBLAS, separate from NumPy's), and the attention
-kernels call it from inside `prange`, many small products at once. If that
-OpenBLAS uses more than one thread, each small product above its threshold
-(65x64x65 already is) wakes a sleeping helper thread, on cores that numba's
-threads already occupy: ViT-B/16's attention ran 20-40x slower so (docs/benchmarks.md). The
-parallelism there is numba's, so `set_threads` gives SciPy's own OpenBLAS one
-thread (`inner_blas_single_threaded`); a SciPy that shares NumPy's BLAS is left
-alone.
+A third pool hides inside numba's loops: the BLAS that kernels call from inside
+`prange`, many products at once. numba's `np.dot` (the early attention rungs)
+calls SciPy's BLAS (pip's SciPy ships its own OpenBLAS, separate from NumPy's);
+`gemm` (kernels/numba_matmul.py: the pool's products and the default attention)
+calls the pool's own OpenBLAS, from the scipy-openblas32 package, or SciPy's
+without it. If such an OpenBLAS uses more than one thread, each small product
+above its threshold (65x64x65 already is) wakes a sleeping helper thread, on
+cores that numba's threads already occupy: ViT-B/16's attention ran 20-40x
+slower so (docs/benchmarks.md). The parallelism there is numba's, so
+`set_threads` gives both one thread (`inner_blas_single_threaded`); a SciPy that
+shares NumPy's BLAS is left alone.
 
 Measured on 2 cores, cifar-small training step (docs/benchmarks.md, "idle
 threads that spin"; benchmarks/bench_cpu.py): 67 images/s with both pools
