@@ -102,19 +102,16 @@ def load_one_thread_openblas():
     import scipy
     import scipy.linalg.cython_blas  # loads SciPy's BLAS
     from threadpoolctl import threadpool_info
+    from tinyvit.kernels.numba_matmul import scipy_openblas32_path
 
     paths = {}
     scipy_dir = os.path.dirname(os.path.abspath(scipy.__file__))
     for pool in threadpool_info():
         if pool.get("internal_api") == "openblas" and os.path.abspath(pool["filepath"]).startswith(scipy_dir):
             paths["scipy 1 thread"] = pool["filepath"]  # in scipy.libs, beside the package
-    try:
-        import scipy_openblas32
-
-        paths["scipy-openblas32 1 thread"] = os.path.join(scipy_openblas32.get_lib_dir(),
-                                                          scipy_openblas32.get_library(fullname=True))  # fmt: skip
-    except ImportError:
-        pass
+    own = scipy_openblas32_path()
+    if own is not None:
+        paths["scipy-openblas32 1 thread"] = own
     return {name: _cblas_sgemm(path) for name, path in paths.items()}
 
 

@@ -52,8 +52,8 @@ MIN_ROWS = 32  # rows per thread below which a product runs on one thread
 # under one symbol name, so the compiled kernels (and numba's cache of them) do not depend on which
 # library it is. Why a library of its own: the weight gradient x^T dy reads x transposed, and
 # OpenBLAS 0.3.31 packs such an operand faster than SciPy's 0.3.30 (docs/benchmarks.md, "The
-# pool's BLAS"); and one of the pool's threads per call needs a BLAS set to one thread, which
-# NumPy's, running the products outside the pool, must not be.
+# pool's own BLAS, on an AVX2 EPYC"); and one of the pool's threads per call needs a BLAS set to
+# one thread, which NumPy's, running the products outside the pool, must not be.
 
 POOL_BLAS_ENV = "TINYVIT_POOL_BLAS"  # "scipy": SciPy's BLAS even where scipy-openblas32 is installed
 _FORTRAN_GEMM = types.void(*[types.voidptr] * 13)
@@ -61,17 +61,26 @@ _SGEMM = types.ExternalFunction("tinyvit_pool_sgemm", _FORTRAN_GEMM)
 _DGEMM = types.ExternalFunction("tinyvit_pool_dgemm", _FORTRAN_GEMM)
 
 
+def scipy_openblas32_path():
+    """The file of the scipy-openblas32 package's library, or None without the package."""
+    try:
+        import scipy_openblas32
+    except ImportError:
+        return None
+    return os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True))
+
+
 def _own_openblas():
     """(sgemm, dgemm, path) of scipy-openblas32's library set to one thread, or None where it is
     not installed or does not load (then SciPy's BLAS runs the products)."""
     try:
-        import scipy_openblas32
-
-        path = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True))
+        path = scipy_openblas32_path()
+        if path is None:
+            return None
         lib = ctypes.CDLL(path)
         lib.scipy_openblas_set_num_threads(1)
         sgemm, dgemm = lib.scipy_sgemm_, lib.scipy_dgemm_
-    except (ImportError, OSError, AttributeError, IndexError):  # no package, no library, no such symbol
+    except (OSError, AttributeError, IndexError):  # no library file, not a library, no such symbol
         return None
     POOL_BLAS_PATHS.add(os.path.realpath(path))  # set_threads keeps it at one thread
     return ctypes.cast(sgemm, ctypes.c_void_p).value, ctypes.cast(dgemm, ctypes.c_void_p).value, path
