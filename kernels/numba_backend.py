@@ -9,6 +9,8 @@ training, float64 for checks (it agrees with the reference to 1e-10).
 and the BLAS pool, so the two never oversubscribe the cores.
 """
 
+from numba.core.registry import cpu_target
+
 from tinyvit import layers
 from tinyvit.backend import Backend
 from tinyvit.numpy_backend import BACKEND as NUMPY
@@ -71,6 +73,10 @@ BACKEND = Backend(
     scale=numba_adamw.scale,
     set_threads=set_threads,
 )
+
+# numba fills its typing and lowering registries (and imports SciPy) when it first loads or compiles a
+# kernel, 0.6 s on a 2-core machine: here, inside get_backend's paused collector, not in the first step.
+cpu_target.target_context.refresh()
 
 # An empty kernel cache: a second process compiles the step's kernels alongside this one (kernels/precompile.py).
 precompile.start_if_cold()

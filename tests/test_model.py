@@ -10,6 +10,7 @@
 """
 
 import dataclasses
+import gc
 import inspect
 import math
 import re
@@ -20,6 +21,8 @@ from gradcheck import STEP, TOLERANCE, directional_errors, rel_error
 from scipy.special import erfc
 
 from tinyvit import PRESETS, ViT, ViTConfig, get_preset
+from tinyvit import backend as backend_registry
+from tinyvit.backend import get_backend
 from tinyvit.model import count_params
 from tinyvit.optim import AdamW
 
@@ -476,6 +479,33 @@ def test_unknown_preset_names_the_known_ones():
 def test_unknown_backend_names_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown backend 'tpu'; expected one of \[.*'numpy'.*\]"):
         ViT(TESTING, backend="tpu")
+
+
+@pytest.mark.parametrize("fails", [False, True])
+@pytest.mark.parametrize("was_on", [True, False])
+def test_loading_a_backend_pauses_the_cycle_collector_and_puts_it_back(monkeypatch, fails, was_on):
+    """The loader runs with the collector off; after it, loaded or not, the collector is as it was."""
+    seen = []
+
+    def loader():
+        seen.append(gc.isenabled())
+        if fails:
+            raise ImportError("no such library")
+        return get_backend("numpy")
+
+    monkeypatch.setattr(backend_registry, "_LOADERS", dict(backend_registry._LOADERS))
+    monkeypatch.setattr(backend_registry, "_LOADED", dict(backend_registry._LOADED))
+    backend_registry.register_backend("paused", loader)
+    (gc.enable if was_on else gc.disable)()
+    try:
+        if fails:
+            with pytest.raises(RuntimeError, match="backend 'paused' could not be loaded: no such library"):
+                get_backend("paused")
+        else:
+            assert get_backend("paused") is get_backend("numpy")
+        assert seen == [False] and gc.isenabled() == was_on
+    finally:
+        gc.enable()
 
 
 def test_unsupported_dtype_is_refused():

@@ -22,6 +22,8 @@ cross that boundary.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -122,6 +124,23 @@ def backend_names() -> list[str]:
     return list(_LOADERS)
 
 
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cycle collector off for the block, then back as it was.
+
+    Loading a compiled backend (numba, JAX) makes about 100,000 long-lived objects; while they are
+    being made the collector would walk the growing heap again and again (a fifth of a second of
+    the numba backend's warm start) and free nothing. Paused, it frees nothing less: the objects
+    stay tracked and the next collection after the block sees them."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 def get_backend(name: str | Backend) -> Backend:
     """The Backend called `name` (loaded on first use)."""
     if isinstance(name, Backend):
@@ -131,11 +150,12 @@ def get_backend(name: str | Backend) -> Backend:
     if name not in _LOADED:
         loader = _LOADERS[name]
         try:
-            if callable(loader):
-                backend = loader()
-            else:
-                module, attr = loader.split(":")
-                backend = getattr(importlib.import_module(module), attr)
+            with collector_paused():
+                if callable(loader):
+                    backend = loader()
+                else:
+                    module, attr = loader.split(":")
+                    backend = getattr(importlib.import_module(module), attr)
         except ImportError as e:
             raise RuntimeError(f"backend {name!r} could not be loaded: {e}") from e
         if not isinstance(backend, Backend):
