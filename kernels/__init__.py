@@ -7,8 +7,10 @@ The op modules keep their variants plain to fast in a VARIANTS table (name -> (f
 a file with several ops has a table per op), the last being what the backend runs;
 benchmarks/bench_kernels.py times them side by side:
     numba_linear      linear layer: 1_loops, 2_blas (BLAS products, fused bias pass, parallel column
-                      sums), 3_pool (the products on numba's thread pool, numba_matmul)
-    numba_gelu        fc1 + exact GELU: 1_erf_loops, 2_erfc_rows, 3_rational32 (float32 rational erf)
+                      sums), 3_pool (the products on numba's thread pool, numba_matmul),
+                      4_fused_bias (the bias added to each chunk of rows right after its product)
+    numba_gelu        fc1 + exact GELU: 1_erf_loops, 2_erfc_rows, 3_rational32 (float32 rational erf),
+                      4_fused (bias and GELU on each chunk of rows right after its product)
     numba_layernorm   LayerNorm forward/backward: 1_loops, 2_parallel_rows; the residual add fused
                       into the LayerNorm after it (ADD_VARIANTS): 1_loops, 2_parallel_rows
     numba_attention   multi-head attention: 1_loops, 2_blas_heads, 3_flash (online softmax, no

@@ -2,7 +2,7 @@
 
 gelu(z) = 0.5 z (1 + erf(z / sqrt 2)),  gelu'(z) = Phi(z) + z phi(z).
 
-In every variant the product x @ W is numba_linear's default, 3_pool (BLAS on
+In the first three variants the product x @ W is numba_linear's 3_pool (BLAS on
 numba's threads, kernels/numba_matmul.py; numba_linear's ladder shows that step);
 what changes is the pass over its (R, M) output: the bias add and
 GELU in forward, gelu' and the bias gradient in backward.
@@ -27,6 +27,11 @@ Variants, plain to fast (VARIANTS: name -> (forward, backward), the last is the 
                 float64), so LLVM vectorises it 16 lanes wide (AVX-512). With float32 rounding at
                 each step, gelu and gelu' stay within 1e-6 (1 + |z|) of the exact values; the
                 tests hold them to that bound. float64 arrays take 2_erfc_rows's exact kernels.
+4_fused         3_rational32's pass in the product's epilogue (as numba_linear's 4_fused_bias):
+                each thread works through its block of rows CHUNK_ROWS at a time, one BLAS call
+                per chunk, then the bias and GELU on that chunk while it is in the core's cache,
+                instead of a pass that reads the whole (R, M) product back from memory (51 MB at
+                batch 256 for cifar-small). Backward is 3_rational32's.
 """
 
 import math
@@ -37,7 +42,7 @@ from numba import njit, prange
 
 from .numba_exp import exp32_inplace, exp_inplace
 from .numba_linear import CHUNK_ROWS, FASTMATH, rows, sum_partials
-from .numba_matmul import matmul, matmul_tn
+from .numba_matmul import gemm, matmul, matmul_tn, operand, pool_parts
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -88,15 +93,20 @@ def bias_gelu_backward_loops(dout, z, dz):
 # -- 2_erfc_rows (and 3_rational32 on float64) -----------------------------------------------------
 
 
+@njit(fastmath=FASTMATH, cache=True, inline="always")
+def bias_gelu_row(h, bias, out, r):
+    """float64, row r: h[r] += bias in place; out[r] = gelu(h[r])."""
+    for j in range(h.shape[1]):
+        z = np.float64(h[r, j] + bias[j])
+        h[r, j] = z
+        out[r, j] = z * (0.5 * math.erfc(-z * _INV_SQRT2))  # erfc: no cancellation for z << 0
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def bias_gelu_forward(h, bias, out):
     """float64: h (R, M) += bias in place (h becomes the cache, the pre-activation z); out = gelu(z)."""
-    R, M = h.shape
-    for r in prange(R):
-        for j in range(M):
-            z = np.float64(h[r, j] + bias[j])
-            h[r, j] = z
-            out[r, j] = z * (0.5 * math.erfc(-z * _INV_SQRT2))  # erfc: no cancellation for z << 0
+    for r in prange(h.shape[0]):
+        bias_gelu_row(h, bias, out, r)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -146,15 +156,20 @@ def erf_rational32(x):
     return x * p / q
 
 
+@njit(fastmath=FASTMATH, cache=True, inline="always")
+def bias_gelu_row32(h, bias, out, r):
+    """float32, row r: h[r] += bias in place; out[r] = gelu(h[r])."""
+    for j in range(h.shape[1]):
+        z = h[r, j] + bias[j]
+        h[r, j] = z
+        out[r, j] = _HALF_32 * z * (_ONE_32 + erf_rational32(z * _INV_SQRT2_32))
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def bias_gelu_forward32(h, bias, out):
     """float32: h (R, M) += bias in place (h becomes the cache, z); out = gelu(z)."""
-    R, M = h.shape
-    for r in prange(R):
-        for j in range(M):
-            z = h[r, j] + bias[j]
-            h[r, j] = z
-            out[r, j] = _HALF_32 * z * (_ONE_32 + erf_rational32(z * _INV_SQRT2_32))
+    for r in prange(h.shape[0]):
+        bias_gelu_row32(h, bias, out, r)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -226,7 +241,7 @@ def linear_gelu_backward_erfc(dout, cache):
     return _backward(bias_gelu_backward, dout, cache)
 
 
-def linear_gelu_forward(x, weight, bias):
+def linear_gelu_forward_rational(x, weight, bias):
     """gelu(x @ W + b): (..., in) -> (..., M); float32 in float32 arithmetic, float64 exact."""
     return _forward(bias_gelu_forward, x, weight, bias, kernel32=bias_gelu_forward32)
 
@@ -236,8 +251,42 @@ def linear_gelu_backward(dout, cache):
     return _backward(bias_gelu_backward, dout, cache, kernel32=bias_gelu_backward32)
 
 
+# -- 4_fused --------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def product_gelu_chunks(x, weight, weight_transposed, bias, z, out, parts):
+    """z (R, M) = x (R, K) @ op(weight) + bias and out = gelu(z), written: each of `parts` threads
+    takes a block of rows, one product per CHUNK_ROWS rows, each chunk's GELU while it is in cache."""
+    R = z.shape[0]
+    for t in prange(parts):
+        r0, r1 = t * R // parts, (t + 1) * R // parts
+        for c0 in range(r0, r1, CHUNK_ROWS):
+            c1 = min(r1, c0 + CHUNK_ROWS)
+            gemm(x[c0:c1], False, weight, weight_transposed, z[c0:c1], 1.0, 0.0)
+            for r in range(c0, c1):
+                if z.itemsize == 4:
+                    bias_gelu_row32(z, bias, out, r)
+                else:
+                    bias_gelu_row(z, bias, out, r)
+
+
+def linear_gelu_forward(x, weight, bias):
+    """gelu(x @ W + b): (..., in) -> (..., M), the bias and GELU in the product's epilogue, chunk by
+    chunk (as 3_rational32 where the products do not run on numba's pool)."""
+    x2 = rows(x)
+    parts = pool_parts(x2.shape[0])
+    if not parts:
+        return linear_gelu_forward_rational(x, weight, bias)
+    z = np.empty((x2.shape[0], weight.shape[1]), dtype=np.result_type(x2, weight))
+    out = np.empty_like(z)
+    product_gelu_chunks(x2, *operand(weight), bias.astype(z.dtype, copy=False), z, out, parts)
+    return out.reshape(*x.shape[:-1], weight.shape[1]), LinearGeluCache(x, weight, z)
+
+
 VARIANTS = {
     "1_erf_loops": (linear_gelu_forward_loops, linear_gelu_backward_loops),
     "2_erfc_rows": (linear_gelu_forward_erfc, linear_gelu_backward_erfc),
-    "3_rational32": (linear_gelu_forward, linear_gelu_backward),
+    "3_rational32": (linear_gelu_forward_rational, linear_gelu_backward),
+    "4_fused": (linear_gelu_forward, linear_gelu_backward),
 }

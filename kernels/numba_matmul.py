@@ -164,11 +164,14 @@ def products_on_pool() -> bool:
     return _on_pool
 
 
-def _blocks(rows: int) -> int:
-    return max(1, min(get_num_threads(), rows // MIN_ROWS))
+def pool_parts(rows: int) -> int:
+    """The blocks of rows, one per thread, that a product of `rows` rows is split into on numba's
+    pool; 0 where it runs on BLAS's own threads instead (too few rows, or not products_on_pool())."""
+    parts = max(1, min(get_num_threads(), rows // MIN_ROWS))
+    return parts if parts > 1 and products_on_pool() else 0
 
 
-def _rows(x):
+def operand(x):
     """(x, False) with x's rows contiguous, or (x.T, True) for an F-contiguous x: what gemm reads."""
     if x.flags.c_contiguous:
         return x, False
@@ -180,18 +183,18 @@ def _rows(x):
 def matmul(a, b):
     """a (R, K) @ b (K, F) -> (R, F), a fresh array; a and b C- or F-contiguous (a transposed
     weight, `w.T`, is F-contiguous and read as such)."""
-    parts = _blocks(a.shape[0])
-    if parts == 1 or not products_on_pool():
+    parts = pool_parts(a.shape[0])
+    if not parts:
         return a @ b
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    _matmul_rows(np.ascontiguousarray(a), *_rows(b), out, parts)
+    _matmul_rows(np.ascontiguousarray(a), *operand(b), out, parts)
     return out
 
 
 def matmul_tn(a, b):
     """a^T @ b for a (R, K), b (R, F) -> (K, F): the weight gradient x^T dy, a sum over the R rows."""
-    parts = _blocks(a.shape[0])
-    if parts == 1 or not products_on_pool():
+    parts = pool_parts(a.shape[0])
+    if not parts:
         return a.T @ b
     partial = np.empty((parts, a.shape[1], b.shape[1]), dtype=np.result_type(a, b))
     _matmul_tn_rows(np.ascontiguousarray(a), np.ascontiguousarray(b), partial)
