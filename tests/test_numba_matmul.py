@@ -2,7 +2,10 @@
 
 Row counts are chosen around the split: fewer rows than two blocks run as one
 BLAS call, more are split among the threads (blocks of uneven size included),
-and the weight gradient's partial sums are added. float32 results are checked
+and the weight gradient's partial sums are added; the rungs that add their epilogue
+chunk by chunk (numba_linear's 4_fused_bias, numba_gelu's 4_fused) get enough rows for
+several chunks per thread, which the small shapes of the property tests never reach.
+float32 results are checked
 against the float64 product of the same (rounded) inputs with
 test_numba_kernels' tolerance."""
 
@@ -11,7 +14,7 @@ import os
 import numpy as np
 import pytest
 from test_numba_kernels import assert_close
-from tinyvit.kernels import numba_linear, numba_matmul
+from tinyvit.kernels import numba_gelu, numba_linear, numba_matmul
 
 from tinyvit import layers
 
@@ -40,18 +43,42 @@ def test_matmul_reads_strided_operands():
     assert_close("a @ b[:, ::3]", numba_matmul.matmul(a, big[:, ::3]), a @ big[:, ::3], np.float64)
 
 
+# (9, 65) rows: 585, so each of two threads has 292 or 293, a whole chunk of CHUNK_ROWS (256) and a ragged one
+MANY = (9, 65)
+
+
+def _chunked_path_runs():
+    if not numba_matmul.pool_parts(MANY[0] * MANY[1]):
+        pytest.skip("the products do not run on numba's pool here (one thread, or its layer is not OpenMP)")
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_pool_linear_matches_the_specification_on_many_rows(dtype):
-    """numba_linear's 3_pool on a (B, N, in) input large enough to be split among threads."""
+@pytest.mark.parametrize("rung", ["3_pool", "4_fused_bias"])
+def test_pool_linear_matches_the_specification_on_many_rows(rung, dtype):
+    """numba_linear's rungs on the pool, on a (B, N, in) input large enough to be split among threads
+    and, for 4_fused_bias, into several chunks per thread."""
+    _chunked_path_runs()
     rng = np.random.default_rng(2)
-    x, w, b, dout = (draw(rng, s, dtype) for s in ((6, 65, 48), (48, 96), (96,), (6, 65, 96)))
-    forward, backward = numba_linear.VARIANTS["3_pool"]
+    x, w, b, dout = (draw(rng, s, dtype) for s in ((*MANY, 48), (48, 96), (96,), (*MANY, 96)))
+    forward, backward = numba_linear.VARIANTS[rung]
     out, cache = forward(x, w, b)
     ref_out, ref_cache = layers.linear_forward(*(v.astype(np.float64) for v in (x, w, b)))
     assert_close("linear out", out, ref_out, dtype)
     ref_grads = layers.linear_backward(dout.astype(np.float64), ref_cache)
     for name, g, r in zip(("dx", "dweight", "dbias"), backward(dout, cache), ref_grads):
         assert_close("linear " + name, g, r, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fused_gelu_matches_the_specification_on_many_rows(dtype):
+    """numba_gelu's 4_fused, several chunks per thread: out and the cached pre-activation z."""
+    _chunked_path_runs()
+    rng = np.random.default_rng(3)
+    x, w, b = draw(rng, (*MANY, 40), dtype), draw(rng, (40, 24), dtype) / 3, draw(rng, (24,), dtype)
+    out, cache = numba_gelu.VARIANTS["4_fused"][0](x, w, b)
+    ref_out, ref_cache = layers.linear_gelu_forward(*(v.astype(np.float64) for v in (x, w, b)))
+    assert_close("linear_gelu out", out, ref_out, dtype)
+    assert_close("linear_gelu z", cache.z.reshape(*MANY, 24), ref_cache.gelu.x, dtype)
 
 
 def test_products_use_numbas_pool_when_it_is_openmp():
