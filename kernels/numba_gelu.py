@@ -42,7 +42,7 @@ from numba import njit, prange
 
 from .numba_exp import exp32_inplace, exp_inplace
 from .numba_linear import CHUNK_ROWS, FASTMATH, rows, sum_partials
-from .numba_matmul import gemm, matmul, matmul_tn, operand, pool_parts
+from .numba_matmul import gemm, matmul, matmul_tn, operand, pool_parts, row_chunks
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -258,11 +258,8 @@ def linear_gelu_backward(dout, cache):
 def product_gelu_chunks(x, weight, weight_transposed, bias, z, out, parts):
     """z (R, M) = x (R, K) @ op(weight) + bias and out = gelu(z), written: each of `parts` threads
     takes a block of rows, one product per CHUNK_ROWS rows, each chunk's GELU while it is in cache."""
-    R = z.shape[0]
     for t in prange(parts):
-        r0, r1 = t * R // parts, (t + 1) * R // parts
-        for c0 in range(r0, r1, CHUNK_ROWS):
-            c1 = min(r1, c0 + CHUNK_ROWS)
+        for c0, c1 in row_chunks(t, parts, z.shape[0], CHUNK_ROWS):
             gemm(x[c0:c1], False, weight, weight_transposed, z[c0:c1], 1.0, 0.0)
             for r in range(c0, c1):
                 if z.itemsize == 4:

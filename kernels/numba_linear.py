@@ -29,7 +29,7 @@ from numba import njit, prange
 
 from tinyvit.layers.linear import LinearCache
 
-from .numba_matmul import gemm, matmul, matmul_tn, operand, pool_parts
+from .numba_matmul import gemm, matmul, matmul_tn, operand, pool_parts, row_chunks
 
 # Fast-math flags that are safe here: reassociation lets LLVM vectorise sums, contraction
 # allows FMA, nsz ignores the sign of zero. No 'nnan'/'ninf': inputs may hold any finite value.
@@ -162,14 +162,11 @@ def linear_backward(dout, cache):
 def product_bias_chunks(x, weight, weight_transposed, bias, out, parts):
     """out (R, F) = x (R, K) @ op(weight) + bias (F,), written: each of `parts` threads takes a block
     of rows, one product per CHUNK_ROWS rows, the bias added to each chunk while it is in cache."""
-    R, F = out.shape
     for t in prange(parts):
-        r0, r1 = t * R // parts, (t + 1) * R // parts
-        for c0 in range(r0, r1, CHUNK_ROWS):
-            c1 = min(r1, c0 + CHUNK_ROWS)
+        for c0, c1 in row_chunks(t, parts, out.shape[0], CHUNK_ROWS):
             gemm(x[c0:c1], False, weight, weight_transposed, out[c0:c1], 1.0, 0.0)
             for r in range(c0, c1):
-                for f in range(F):
+                for f in range(out.shape[1]):
                     out[r, f] += bias[f]
 
 

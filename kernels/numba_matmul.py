@@ -133,6 +133,14 @@ def gemm(a, a_transposed, b, b_transposed, out, alpha, beta):
         _DGEMM(*args)
 
 
+@njit(cache=True)
+def row_chunks(t, parts, rows, chunk):
+    """[(c0, c1), ...]: thread t's block of `rows` rows split `parts` ways, `chunk` rows at a time
+    (the last chunk ragged), for a product whose epilogue runs on each chunk while it is in cache."""
+    r0, r1 = t * rows // parts, (t + 1) * rows // parts
+    return [(c0, min(r1, c0 + chunk)) for c0 in range(r0, r1, chunk)]
+
+
 @njit(parallel=True, cache=True)
 def _matmul_rows(a, b, b_transposed, out, parts):
     """out (R, F) = a (R, K) @ op(b), rows split into `parts` blocks, one BLAS call each."""
