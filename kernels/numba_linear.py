@@ -20,8 +20,9 @@ Variants, plain to fast (VARIANTS: name -> (forward, backward), the last is the 
                rows CHUNK_ROWS at a time, one BLAS call per chunk, and adds the bias to a chunk
                right after its product, while the chunk is still in the core's cache (256 rows
                of qkv's 576 outputs are 590 KB). 3_pool's bias pass reads the whole output back
-               from memory once more: qkv's, 38 MB at batch 256, does not fit the cache (a
-               product 9% faster on 2 cores, docs/benchmarks.md). Backward is 3_pool's.
+               from memory once more: qkv's, 38 MB at batch 256, does not fit the cache (on 2
+               cores the qkv layer's forward 4% faster, cifar-small's inference pass 8%;
+               docs/benchmarks.md). Backward is 3_pool's.
 """
 
 import numpy as np
